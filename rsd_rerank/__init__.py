@@ -1,0 +1,1 @@
+"""Reinforcement Speculative Decoding for fast listwise LLM reranking."""

