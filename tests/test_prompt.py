@@ -1,0 +1,89 @@
+import logging
+
+import pytest
+
+from rsd_rerank.prompt import (
+    IDENTIFIERS,
+    PromptConfig,
+    build_prompt,
+    check_candidates,
+    ranking_layout,
+    ranking_text,
+)
+
+
+def test_layout_reproduces_the_tokenizers_own_encoding(smollm2):
+    tok = smollm2.tokenizer
+    layout = ranking_layout(tok, 20)
+    assert tok.convert_ids_to_tokens(list(layout.head)) == ["["]
+    assert tok.convert_ids_to_tokens(list(layout.sep)) == ["]", "Ġ>", "Ġ["]
+    assert tok.convert_ids_to_tokens(list(layout.first_ids)) == list(IDENTIFIERS[:20])
+    ranking = [3, 0, 19, 7] + [i for i in range(20) if i not in (3, 0, 19, 7)]
+    assert layout.tokens(ranking) == tok.encode(ranking_text(ranking), add_special_tokens=False)
+    assert ranking_text([1, 0, 2]) == "[B] > [A] > [C]"
+
+
+class _SplitsQ:
+    """A stand-in tokenizer: one token per character, except that 'Q' becomes two tokens."""
+
+    def encode(self, text, add_special_tokens=False):
+        out = []
+        for ch in text:
+            out += [900, 901] if ch == "Q" else [ord(ch)]
+        return out
+
+    def convert_ids_to_tokens(self, ids):
+        return [str(i) for i in ids]
+
+
+def test_layout_error_names_the_identifier_a_tokenizer_splits():
+    assert ranking_layout(_SplitsQ(), 16).k == 16  # A..P are single characters
+    with pytest.raises(ValueError, match=r"'\[Q\]'.*one distinguishing token"):
+        ranking_layout(_SplitsQ(), 17)
+
+
+@pytest.mark.parametrize(
+    ("docids", "message"),
+    [([], "no candidates"), (["a", "b", "a"], "duplicate docid 'a'"), ([str(i) for i in range(27)], "27 candidates")],
+)
+def test_bad_candidate_lists(docids, message):
+    with pytest.raises(ValueError, match=message):
+        check_candidates(docids)
+
+
+def test_prompt_is_rankllms_with_chat_template(smollm2, query_docs):
+    query, docs = query_docs[0]
+    prompt = build_prompt(smollm2.tokenizer, query, docs)
+    text = smollm2.tokenizer.decode(prompt.token_ids)
+    assert text.startswith("<|im_start|>system\nYou are RankLLM")
+    assert text.endswith("<|im_start|>assistant\n[")  # the first-slot distribution is read after "["
+    assert f"[T] {docs[19]['text']}" in text and f"search query: {query}" in text
+    assert prompt.passage_words == 300 and prompt.truncated_passages == 0
+
+
+def test_long_passages_shrink_to_fit_the_context(smollm2, caplog):
+    docs = [" ".join(f"word{i}x{j}" for j in range(400)) for i in range(20)]
+    with caplog.at_level(logging.WARNING):
+        prompt = build_prompt(smollm2.tokenizer, "q", docs, PromptConfig(context_size=2000))
+    assert len(prompt.token_ids) + len(prompt.layout.tokens(range(20))) <= 2000
+    assert prompt.passage_words < 300 and prompt.truncated_passages == 20
+    assert "passages cut to" in caplog.text
+
+
+def test_max_passage_words_cuts_each_passage(smollm2):
+    docs = [{"title": "T", "text": "alpha beta gamma delta"}, "one two"]
+    prompt = build_prompt(smollm2.tokenizer, "q", docs, PromptConfig(max_passage_words=3))
+    text = smollm2.tokenizer.decode(prompt.token_ids)
+    assert "[A] Title: T Content:\n" in text  # RankLLM counts title words too
+    assert prompt.truncated_passages == 1
+
+
+def test_prompt_errors(smollm2):
+    with pytest.raises(ValueError, match="even with 1 word per passage"):
+        build_prompt(smollm2.tokenizer, "q " * 300, ["a", "b"], PromptConfig(context_size=200))
+    with pytest.raises(ValueError, match="none of the fields RankLLM reads"):
+        build_prompt(smollm2.tokenizer, "q", [{"url": "x"}, "b"])
+    with pytest.raises(ValueError, match="neither a file nor one of RankLLM's templates"):
+        build_prompt(smollm2.tokenizer, "q", ["a", "b"], PromptConfig(template="nope.yaml"))
+    with pytest.raises(ValueError, match="not a RankLLM 'singleturn_listwise'"):
+        build_prompt(smollm2.tokenizer, "q", ["a", "b"], PromptConfig(template="duot5_template.yaml"))

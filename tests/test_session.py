@@ -1,0 +1,88 @@
+"""The session against its own step-by-step reference, on a tiny random Llama and the real SmolLM2."""
+
+import random
+
+import pytest
+import torch
+
+from rsd_rerank.decoding import initial_ranking
+from rsd_rerank.session import TargetSession
+
+TOL = 1e-4  # fp32: batched vs incremental attention differ only by summation order
+
+
+@pytest.fixture(scope="module", params=["tiny_llama", "smollm2"])
+def session(request, query_docs):
+    query, docs = query_docs[0]
+    return TargetSession(request.getfixturevalue(request.param), query, docs)
+
+
+def _shuffled(k, seed):
+    r = list(range(k))
+    random.Random(seed).shuffle(r)
+    return r
+
+
+def test_greedy_ranking_verifies_in_full(session):
+    g = session.greedy_ranking()
+    assert sorted(g) == list(range(20))
+    v = session.verify(g)
+    assert v.accepted.tolist() == [20]
+    assert v.greedy[0].tolist() == g
+
+
+def test_rows_equal_incremental_decoding(session):
+    for ranking in (session.greedy_ranking(), _shuffled(20, 1), _shuffled(20, 2)):
+        _, reference = session.stepwise_rows(ranking)
+        matrix = session.verify(ranking).matrices[0]
+        assert matrix.shape == (20, 20)
+        assert (matrix - reference).abs().max() <= TOL
+        assert torch.allclose(matrix.exp().sum(-1), torch.ones(20), atol=1e-5)
+
+
+def test_row0_is_the_first_slot_distribution(session):
+    assert torch.equal(session.verify(_shuffled(20, 3)).matrices[0, 0], session.first_slot())
+
+
+def test_tail_only_verification_matches_a_full_pass(session, tiny_llama, query_docs):
+    first = _shuffled(20, 4)
+    session.verify(first)
+    tail_changed = first[:12] + sorted(first[12:])
+    cached = session.verify(tail_changed).matrices[0]
+    _, reference = session.stepwise_rows(tail_changed)
+    assert (cached - reference).abs().max() <= TOL
+
+
+def test_batched_verification_equals_one_by_one(session):
+    rankings = [_shuffled(20, s) for s in range(5, 9)]
+    batch = session.verify(rankings)
+    for b, ranking in enumerate(rankings):
+        single = session.verify(ranking)
+        assert (batch.matrices[b] - single.matrices[0]).abs().max() <= TOL
+        assert torch.equal(batch.accepted[b], single.accepted[0])
+
+
+def test_accepted_is_the_longest_greedy_prefix(session):
+    g = session.greedy_ranking()
+    for cut in (0, 5, 17):
+        # swap the item at slot `cut` with a later one: the first `cut` slots still verify
+        r = list(g)
+        r[cut], r[cut + 2] = r[cut + 2], r[cut]
+        v = session.verify(r)
+        assert v.accepted.item() == cut
+        assert v.greedy[0, cut].item() == g[cut]
+
+
+def test_random_target_is_not_degenerate(tiny_llama, query_docs):
+    # Guards the strength of the exactness tests: the tiny target's ranking is neither identity nor STD.
+    query, docs = query_docs[0]
+    s = TargetSession(tiny_llama, query, docs)
+    g = s.greedy_ranking()
+    assert g != list(range(20)) and g != initial_ranking(s.first_slot()).tolist()
+
+
+def test_rejects_rankings_that_are_not_permutations(session):
+    with pytest.raises(ValueError, match="permutation"):
+        session.verify([0] * 20)
+    with pytest.raises(ValueError, match=r"shape \[B, 20\]"):
+        session.verify(list(range(19)))
