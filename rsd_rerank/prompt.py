@@ -12,7 +12,7 @@ import io
 import logging
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "RankingLayout",
     "build_prompt",
     "check_candidates",
+    "prompt_from_messages",
     "ranking_layout",
     "ranking_text",
 ]
@@ -82,11 +83,15 @@ class RankingLayout:
 class Prompt:
     """Prompt token ids for one query and its K candidates, and how its ranking is tokenised."""
 
+    messages: list[dict[str, str]]
+    """The chat messages, as RankLLM renders them."""
     token_ids: list[int]
+    """Chat-template ids of ``messages`` with the generation prompt, then ``layout.head``."""
     layout: RankingLayout
-    passage_words: int
-    """Words per passage actually used: ``max_passage_words``, or fewer where the context forced a cut."""
-    truncated_passages: int
+    passage_words: int | None = None
+    """Words per passage actually used: ``max_passage_words``, or fewer where the context forced a cut
+    (None for a prompt made from ready messages)."""
+    truncated_passages: int | None = None
     """How many passages lost words (to ``max_passage_words`` or to the context)."""
 
 
@@ -129,9 +134,11 @@ def ranking_layout(tokenizer: PreTrainedTokenizerBase, k: int) -> RankingLayout:
     """
     if not 1 <= k <= len(IDENTIFIERS):
         raise ValueError(f"the identifier scheme has {len(IDENTIFIERS)} identifiers; got {k} candidates")
-    ids = IDENTIFIERS[:k]
+    # At least two pieces: with one, the shared prefix and suffix would swallow the identifier.
+    ids = IDENTIFIERS[: max(k, 2)]
     head, first_ids, post_first = _split_piece(tokenizer, [f"[{c}]" for c in ids])
     pre_later, later_ids, post_later = _split_piece(tokenizer, [f" > [{c}]" for c in ids])
+    first_ids, later_ids = first_ids[:k], later_ids[:k]
     if post_first != post_later:
         raise ValueError("the closing bracket tokenises differently after the first identifier and after later ones")
     layout = RankingLayout(
@@ -153,11 +160,16 @@ def ranking_layout(tokenizer: PreTrainedTokenizerBase, k: int) -> RankingLayout:
     return layout
 
 
-def check_candidates(docids: Sequence[Any]) -> None:
+def check_candidates(docids: Sequence[Any], one_prompt: bool = True) -> None:
     """Reject candidate lists that no listwise prompt can rank.
 
+    Args:
+        docids: the candidates' ids, in order.
+        one_prompt: the list goes into one prompt, so it may not outnumber the identifiers
+            (False where sliding windows split it).
+
     Raises:
-        ValueError: no candidates, a repeated docid, or more candidates than identifiers.
+        ValueError: no candidates, a repeated docid, or (``one_prompt``) more candidates than identifiers.
     """
     if not docids:
         raise ValueError("the request has no candidates to rank")
@@ -166,7 +178,7 @@ def check_candidates(docids: Sequence[Any]) -> None:
         if str(docid) in seen:
             raise ValueError(f"duplicate docid {docid!r} in the candidate list")
         seen.add(str(docid))
-    if len(docids) > len(IDENTIFIERS):
+    if one_prompt and len(docids) > len(IDENTIFIERS):
         raise ValueError(
             f"{len(docids)} candidates but the identifier scheme has {len(IDENTIFIERS)} ([A]..[Z]); "
             "rank at most 26 at once (RankLLM's sliding windows rank longer lists window by window)"
@@ -223,6 +235,16 @@ def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
     return list(encoded["input_ids"] if isinstance(encoded, Mapping) else encoded)
 
 
+def prompt_from_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], k: int) -> Prompt:
+    """Tokenise ready chat messages (e.g. from RankLLM's ``create_prompt``) that list ``k`` candidates."""
+    return _tokenised(tokenizer, messages, ranking_layout(tokenizer, k))
+
+
+def _tokenised(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], layout: RankingLayout) -> Prompt:
+    # ``head`` ("[" here) is part of the prompt: the first-slot distribution is read right after it.
+    return Prompt(messages, _chat_ids(tokenizer, messages) + list(layout.head), layout)
+
+
 def build_prompt(
     tokenizer: PreTrainedTokenizerBase,
     query: str,
@@ -242,11 +264,12 @@ def build_prompt(
     """
     from rank_llm.data import Candidate, Query, Result
 
-    layout = ranking_layout(tokenizer, len(docs))
+    k = len(docs)
+    layout = ranking_layout(tokenizer, k)
     docs = [_as_doc(d) for d in docs]
     handler = _handler(config.template)
     limit = config.context_size if max_tokens is None else min(config.context_size, max_tokens)
-    n_ranking = len(layout.tokens(range(len(docs))))
+    n_ranking = len(layout.tokens(range(k)))
     result = Result(
         query=Query(text=query, qid=""),
         candidates=[Candidate(docid=i, score=0.0, doc=dict(d)) for i, d in enumerate(docs)],
@@ -254,8 +277,9 @@ def build_prompt(
     full_words = [_content_words(handler, d) for d in docs]
     words = config.max_passage_words
     while True:
-        messages = handler.generate_prompt(result, rank_start=0, rank_end=len(docs), max_length=words, use_alpha=True)
-        ids = _chat_ids(tokenizer, messages) + list(layout.head)
+        messages = handler.generate_prompt(result, rank_start=0, rank_end=k, max_length=words, use_alpha=True)
+        prompt = _tokenised(tokenizer, messages, layout)
+        ids = prompt.token_ids
         overflow = len(ids) + n_ranking - limit
         if overflow <= 0:
             break
@@ -265,8 +289,7 @@ def build_prompt(
                 f"the context holds {limit}"
             )
         # RankLLM's shrink rule: about 4 tokens per word per passage, at least one word a step.
-        words = max(1, words - max(1, overflow // (len(docs) * 4)))
+        words = max(1, words - max(1, overflow // (k * 4)))
     if words < config.max_passage_words:
         log.warning("passages cut to %d words each so that the prompt fits %d tokens", words, limit)
-    # ``head`` ("[" here) is part of the prompt: the first-slot distribution is read right after it.
-    return Prompt(ids, layout, words, sum(n > words for n in full_words))
+    return replace(prompt, passage_words=words, truncated_passages=sum(n > words for n in full_words))

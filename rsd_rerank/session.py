@@ -79,20 +79,29 @@ class TargetSession:
         docs: Sequence[Mapping[str, Any] | str],
         config: PromptConfig = PromptConfig(),
     ):
+        max_positions = getattr(target.model.config.get_text_config(), "max_position_embeddings", None)
+        self._prefill(target, build_prompt(target.tokenizer, query, docs, config, max_tokens=max_positions))
+
+    @classmethod
+    def from_prompt(cls, target: Target, prompt: Prompt) -> TargetSession:
+        """A session on a ready prompt (e.g. RankLLM's messages through ``prompt_from_messages``)."""
+        session = cls.__new__(cls)
+        session._prefill(target, prompt)
+        return session
+
+    def _prefill(self, target: Target, prompt: Prompt) -> None:
         self.target = target
-        model = target.model
-        max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        self.prompt: Prompt = build_prompt(target.tokenizer, query, docs, config, max_tokens=max_positions)
-        layout = self.prompt.layout
+        self.prompt = prompt
+        layout = prompt.layout
         self.k = layout.k
-        self.device = model.device
+        self.device = target.model.device
         self._first_ids = torch.tensor(layout.first_ids, device=self.device)
         self._later_ids = torch.tensor(layout.later_ids, device=self.device)
         self._sep = torch.tensor(layout.sep, dtype=torch.long, device=self.device)
         self._step = 1 + len(layout.sep)  # tokens per slot after the prompt: identifier + separator
 
         start = time.perf_counter()
-        ids = torch.tensor([self.prompt.token_ids], device=self.device)
+        ids = torch.tensor([prompt.token_ids], device=self.device)
         logits, cache = self._forward(ids, kv=None, kv_len=0, keep=torch.tensor([ids.shape[1] - 1]))
         self._prompt_kv = self._kv_of(cache, row=0, expected_len=ids.shape[1])
         self._row0 = self._rows(logits[0], self._first_ids)[0]  # [K]
