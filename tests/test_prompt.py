@@ -87,3 +87,9 @@ def test_prompt_errors(smollm2):
         build_prompt(smollm2.tokenizer, "q", ["a", "b"], PromptConfig(template="nope.yaml"))
     with pytest.raises(ValueError, match="not a RankLLM 'singleturn_listwise'"):
         build_prompt(smollm2.tokenizer, "q", ["a", "b"], PromptConfig(template="duot5_template.yaml"))
+
+
+def test_one_candidate_layout_keeps_the_identifier_token(smollm2):
+    layout = ranking_layout(smollm2.tokenizer, 1)
+    assert smollm2.tokenizer.convert_ids_to_tokens(list(layout.first_ids)) == ["A"]
+    assert layout.tokens([0]) == smollm2.tokenizer.encode("[A]", add_special_tokens=False)

@@ -86,3 +86,22 @@ def test_rejects_rankings_that_are_not_permutations(session):
         session.verify([0] * 20)
     with pytest.raises(ValueError, match=r"shape \[B, 20\]"):
         session.verify(list(range(19)))
+
+
+def test_session_from_rankllm_messages_matches_the_direct_one(tiny_llama, query_docs):
+    from rsd_rerank.prompt import prompt_from_messages
+
+    query, docs = query_docs[1]
+    direct = TargetSession(tiny_llama, query, docs)
+    again = TargetSession.from_prompt(
+        tiny_llama, prompt_from_messages(tiny_llama.tokenizer, direct.prompt.messages, 20)
+    )
+    assert again.prompt.token_ids == direct.prompt.token_ids
+    assert again.greedy_ranking() == direct.greedy_ranking()
+
+
+def test_one_candidate_session(tiny_llama):
+    s = TargetSession(tiny_llama, "q", ["only passage"])
+    assert s.greedy_ranking() == [0]
+    v = s.verify([0])
+    assert v.accepted.tolist() == [1] and v.matrices.shape == (1, 1, 1)
