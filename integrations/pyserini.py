@@ -128,7 +128,7 @@ def index_corpus(docs, index_dir: str | os.PathLike) -> int:
     index_dir = Path(index_dir)
     if index_dir.exists():
         raise ValueError(f"{index_dir} already exists; remove it or choose another --index")
-    search, _ = lucene()
+    lucene()  # Java and the JVM options must be set before jnius starts the JVM
     from jnius import autoclass
 
     index_dir.parent.mkdir(parents=True, exist_ok=True)

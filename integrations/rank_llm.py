@@ -10,8 +10,6 @@ as the ranking string ``[B] > [A] > …`` that RankLLM parses.
 from __future__ import annotations
 
 import copy
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from rank_llm.data import Request, Result
@@ -23,20 +21,16 @@ from rsd_rerank.prompt import (
     IDENTIFIERS,
     PromptConfig,
     build_prompt,
+    chat_ids,
     check_candidates,
     prompt_from_messages,
     ranking_text,
+    template_path,
 )
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, load_target
 
 __all__ = ["RSDReranker"]
-
-
-def _template_path(template: str) -> str:
-    if Path(template).exists():
-        return str(template)
-    return str(resources.files("rank_llm.rerank") / "prompt_templates" / template)
 
 
 class RSDReranker(ListwiseRankLLM):
@@ -74,7 +68,7 @@ class RSDReranker(ListwiseRankLLM):
             raise ValueError(f"window_size must be 1..{len(IDENTIFIERS)} (identifiers [A]..[Z]), got {window_size}")
         self._target: Target = load_target(model, tokenizer)
         self._decoding = DecodingConfig(method, budget)
-        template = _template_path(prompt_template_path)
+        template = str(template_path(prompt_template_path))
         self._prompt_config = PromptConfig(template, max_passage_words, context_size)
         super().__init__(
             model=self._target.name,
@@ -93,9 +87,12 @@ class RSDReranker(ListwiseRankLLM):
         """RankLLM's chat messages for the window, fitted to the context; and their token count."""
         window = result.candidates[rank_start:rank_end]
         check_candidates([c.docid for c in window])
-        max_positions = getattr(self._target.model.config.get_text_config(), "max_position_embeddings", None)
         prompt = build_prompt(
-            self._target.tokenizer, result.query.text, [c.doc for c in window], self._prompt_config, max_positions
+            self._target.tokenizer,
+            result.query.text,
+            [c.doc for c in window],
+            self._prompt_config,
+            self._target.max_positions,
         )
         return prompt.messages, len(prompt.token_ids)
 
@@ -107,7 +104,7 @@ class RSDReranker(ListwiseRankLLM):
     def get_num_tokens(self, prompt: str | list[dict[str, str]]) -> int:
         if isinstance(prompt, str):
             return len(self._target.tokenizer.encode(prompt))
-        return len(self._target.tokenizer.apply_chat_template(prompt, add_generation_prompt=True)["input_ids"])
+        return len(chat_ids(self._target.tokenizer, prompt))
 
     def num_output_tokens(self, current_window_size: int | None = None) -> int:
         k = current_window_size or self._window_size

@@ -27,10 +27,12 @@ __all__ = [
     "PromptConfig",
     "RankingLayout",
     "build_prompt",
+    "chat_ids",
     "check_candidates",
     "prompt_from_messages",
     "ranking_layout",
     "ranking_text",
+    "template_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -185,10 +187,16 @@ def check_candidates(docids: Sequence[Any], one_prompt: bool = True) -> None:
         )
 
 
-def _load_template(name_or_path: str) -> dict[str, str]:
+def template_path(name_or_path: str | Path) -> Path:
+    """A template file: ``name_or_path`` itself where it exists, else RankLLM's bundled template of that name."""
     path = Path(name_or_path)
-    if not path.exists():
-        path = Path(str(resources.files("rank_llm.rerank") / "prompt_templates" / name_or_path))
+    if path.exists():
+        return path
+    return Path(str(resources.files("rank_llm.rerank") / "prompt_templates" / str(name_or_path)))
+
+
+def _load_template(name_or_path: str) -> dict[str, str]:
+    path = template_path(name_or_path)
     try:
         with open(path) as f:
             template = yaml.safe_load(f)
@@ -227,7 +235,8 @@ def _content_words(handler, doc: Mapping[str, Any]) -> int:
         ) from err
 
 
-def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of chat ``messages`` with the generation prompt, through the tokenizer's chat template."""
     if tokenizer.chat_template is None:
         raise ValueError("the tokenizer has no chat template; listwise prompts are chat messages")
     encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -242,7 +251,7 @@ def prompt_from_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict
 
 def _tokenised(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], layout: RankingLayout) -> Prompt:
     # ``head`` ("[" here) is part of the prompt: the first-slot distribution is read right after it.
-    return Prompt(messages, _chat_ids(tokenizer, messages) + list(layout.head), layout)
+    return Prompt(messages, chat_ids(tokenizer, messages) + list(layout.head), layout)
 
 
 def build_prompt(

@@ -79,8 +79,7 @@ class TargetSession:
         docs: Sequence[Mapping[str, Any] | str],
         config: PromptConfig = PromptConfig(),
     ):
-        max_positions = getattr(target.model.config.get_text_config(), "max_position_embeddings", None)
-        self._prefill(target, build_prompt(target.tokenizer, query, docs, config, max_tokens=max_positions))
+        self._prefill(target, build_prompt(target.tokenizer, query, docs, config, max_tokens=target.max_positions))
 
     @classmethod
     def from_prompt(cls, target: Target, prompt: Prompt) -> TargetSession:

@@ -55,6 +55,11 @@ class Target:
     tokenizer: PreTrainedTokenizerBase
     name: str
 
+    @property
+    def max_positions(self) -> int | None:
+        """The model's context length in tokens, where its config states one."""
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
 
 def cache_dir() -> Path:
     """Where converted weights and other caches live: ``$RSD_RERANK_CACHE`` or ``~/.cache/rsd-rerank``."""
