@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["bm25", "index_corpus", "lucene", "offline_catalog_records"]
+__all__ = ["bm25", "index_corpus", "lucene", "offline_catalog_records", "stored_contents"]
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,32 @@ def index_corpus(docs, index_dir: str | os.PathLike) -> int:
     return n
 
 
+def _searcher(index_dir: str | os.PathLike):
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir() or not any(index_dir.glob("segments_*")):
+        raise ValueError(f"{index_dir} is not a Lucene index (build one with `rsd-rerank index`)")
+    search, _ = lucene()
+    return search.LuceneSearcher(str(index_dir))
+
+
+def stored_contents(index_dir: str | os.PathLike, docids: set[str]) -> dict[str, str]:
+    """``{docid: contents}`` from the raw documents the index stores (``-storeRaw``), as RankLLM's
+    ``PyseriniRetriever`` reads them.
+
+    Raises:
+        ValueError: the index is missing, or stores no raw text for a docid.
+    """
+    searcher = _searcher(index_dir)
+    out = {}
+    for docid in docids:
+        doc = searcher.doc(docid)
+        raw = doc.raw() if doc is not None else None
+        if raw is None:
+            raise ValueError(f"{index_dir} stores no raw text for document {docid!r} (index with -storeRaw)")
+        out[docid] = json.loads(raw).get("contents", raw)
+    return out
+
+
 def bm25(index_dir: str | os.PathLike, queries: dict[str, str], hits: int, k1: float = 0.9, b: float = 0.4):
     """BM25 runs ``{qid: [(docid, score), …]}`` best first; a hit whose docid equals the qid is dropped
     (Anserini's ``-removeQuery``).
@@ -172,11 +198,7 @@ def bm25(index_dir: str | os.PathLike, queries: dict[str, str], hits: int, k1: f
     """
     from tqdm import tqdm
 
-    index_dir = Path(index_dir)
-    if not index_dir.is_dir() or not any(index_dir.glob("segments_*")):
-        raise ValueError(f"{index_dir} is not a Lucene index (build one with `rsd-rerank index`)")
-    search, _ = lucene()
-    searcher = search.LuceneSearcher(str(index_dir))
+    searcher = _searcher(index_dir)
     searcher.set_bm25(k1, b)
     runs = {}
     for qid, text in tqdm(queries.items(), desc="BM25", unit="query"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -67,14 +68,23 @@ def _cmd_retrieve(args: argparse.Namespace) -> None:
     import ir_measures
 
     from rsd_rerank.integrations import datasets
-    from rsd_rerank.integrations.pyserini import bm25
-    from rsd_rerank.runs import atomic_write
+    from rsd_rerank.integrations.pyserini import bm25, stored_contents
+    from rsd_rerank.runs import atomic_write, request_records
 
     topics = datasets.queries(args.topics or args.dataset)
+    if args.exclude:
+        held_out = datasets.queries(args.exclude)
+        topics = {qid: text for qid, text in topics.items() if qid not in held_out}
+        print(f"{len(topics)} queries after excluding the {len(held_out)} of {args.exclude}")
     runs = bm25(args.index, topics, args.hits)
     lines = [f"{qid} Q0 {d} {r} {score:.6f} bm25" for qid, hits in runs.items() for r, (d, score) in enumerate(hits, 1)]
     atomic_write(args.output, "".join(line + "\n" for line in lines))
     print(f"wrote {len(lines)} lines for {len(runs)} queries to {args.output}")
+    if args.requests:
+        top = {d for hits in runs.values() for d, _ in hits[: args.candidates]}
+        records = request_records(runs, topics, stored_contents(args.index, top), args.candidates)
+        atomic_write(args.requests, "".join(json.dumps(r) + "\n" for r in records))
+        print(f"wrote {len(records)} RankLLM requests (top {args.candidates}) to {args.requests}")
     judged = datasets.qrels(args.qrels) if args.qrels else (datasets.qrels(args.dataset) if args.dataset else None)
     if judged is None:
         print("no qrels for these topics: no metrics")
@@ -108,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--dataset", help="ir_datasets id with queries, e.g. beir/scifact/test")
     topics.add_argument("--topics", help="qid<TAB>text file")
     p.add_argument("--qrels", help="TREC qrels file (default: the dataset's own)")
+    p.add_argument("--exclude", help="drop the queries of these topics (e.g. beir/scifact/test for training claims)")
     p.add_argument("--hits", type=int, default=1000)
     p.add_argument("--output", required=True, help="TREC run file, written atomically")
+    p.add_argument("--requests", help="also write each query's top --candidates hits as RankLLM request JSONL")
+    p.add_argument("--candidates", type=int, default=20, help="hits per request in --requests (default 20)")
     p.set_defaults(func=_cmd_retrieve)
     return parser
 

@@ -14,7 +14,15 @@ from rsd_rerank.prompt import PromptConfig, check_candidates
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
 
-__all__ = ["Reranked", "atomic_write", "read_requests", "rerank_request", "trec_lines", "write_trec"]
+__all__ = [
+    "Reranked",
+    "atomic_write",
+    "read_requests",
+    "request_records",
+    "rerank_request",
+    "trec_lines",
+    "write_trec",
+]
 
 
 def read_requests(path: str | os.PathLike) -> list:
@@ -41,6 +49,25 @@ def read_requests(path: str | os.PathLike) -> list:
     if not requests:
         raise ValueError(f"{path} holds no requests")
     return requests
+
+
+def request_records(
+    runs: dict[str, list[tuple[str, float]]], topics: dict[str, str], contents: dict[str, str], depth: int
+) -> list[dict]:
+    """RankLLM request dicts (the JSONL ``read_requests`` reads): each query with its top ``depth`` hits.
+
+    Queries with no hits are left out: there is nothing to rerank.
+    """
+    return [
+        {
+            "query": {"qid": qid, "text": topics[qid]},
+            "candidates": [
+                {"docid": d, "score": score, "doc": {"contents": contents[d]}} for d, score in hits[:depth]
+            ],
+        }
+        for qid, hits in runs.items()
+        if hits
+    ]
 
 
 @dataclass(frozen=True)
