@@ -28,16 +28,20 @@ __all__ = [
     "DecodingConfig",
     "Proposer",
     "Round",
+    "Step",
     "Trace",
+    "consensus_scores",
     "decode",
     "initial_ranking",
     "next_ranking",
     "rank",
+    "rejected_row",
 ]
 
-METHODS = ("greedy", "std", "gsd", "consensus")
+METHODS = ("greedy", "std", "gsd", "consensus", "rsd")
 """``greedy``: the exact target (K-1 decode steps); ``std``: first-slot order, no pass;
-``gsd``/``consensus``: up-to-down decoding with that proposer under the budget."""
+``gsd``/``consensus``/``rsd``: up-to-down decoding with that proposer under the budget (``rsd``: the
+learned agent, ``rsd_rerank.agent``)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class DecodingConfig:
     """One of ``METHODS``."""
     budget: int = 5
     """T: LLM verification passes after the prompt (ignored by ``greedy`` and ``std``)."""
+    agent: str | None = None
+    """``rsd`` only: an agent checkpoint directory or a bundled agent's name; None picks the bundled
+    agent trained on the target (``rsd_rerank.agent.resolve_agent``)."""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -61,7 +68,8 @@ class Round:
     """What a proposer sees after pass t, for B trajectories of one query."""
 
     first_slot: torch.Tensor
-    """[K] first-slot log-distribution (row 0 of every matrix)."""
+    """[K] first-slot log-distribution (row 0 of every matrix); [B, K] in training batches whose rows
+    come from different queries."""
     rankings: torch.Tensor
     """[B, t, K] the rankings verified in passes 1..t."""
     matrices: torch.Tensor
@@ -79,7 +87,7 @@ class Proposer(Protocol):
     def scores(self, state: Round) -> torch.Tensor: ...
 
 
-def _rejected_row(state: Round) -> torch.Tensor:
+def rejected_row(state: Round) -> torch.Tensor:
     """[B, K] the latest matrix's row at slot i*, whose argmax (among unplaced items) is the bonus."""
     k = state.matrices.shape[-1]
     slot = state.accepted.clamp(max=k - 1)
@@ -87,20 +95,25 @@ def _rejected_row(state: Round) -> torch.Tensor:
     return latest[torch.arange(latest.shape[0]), slot]
 
 
+def consensus_scores(state: Round) -> torch.Tensor:
+    """[B, K] mean log-probability over every row of every matrix so far (the first-slot row included,
+    once per matrix) plus the rejected slot's row."""
+    b, t, k, _ = state.matrices.shape
+    return state.matrices.reshape(b, t * k, k).mean(dim=1) + rejected_row(state)
+
+
 class GSDProposer:
     """Greedy speculative decoding: the rest ordered by the LLM's distribution at the rejected slot."""
 
     def scores(self, state: Round) -> torch.Tensor:
-        return _rejected_row(state)
+        return rejected_row(state)
 
 
 class ConsensusProposer:
-    """No-learning baseline of ``shared/targets.md``: mean log-probability over every row of every
-    matrix so far (the first-slot row included, once per matrix) plus the rejected slot's row."""
+    """No-learning baseline of ``shared/targets.md`` (``consensus_scores``)."""
 
     def scores(self, state: Round) -> torch.Tensor:
-        b, t, k, _ = state.matrices.shape
-        return state.matrices.reshape(b, t * k, k).mean(dim=1) + _rejected_row(state)
+        return consensus_scores(state)
 
 
 PROPOSERS: dict[str, type] = {"gsd": GSDProposer, "consensus": ConsensusProposer}
@@ -119,11 +132,29 @@ class Trace:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One proposer call: the state it saw and the rankings σ_t [B, K] that came out of Eq. 1."""
+
+    state: Round
+    rankings: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Decoded:
-    """Final rankings [B, K] (item indices) and the trace that produced them."""
+    """Final rankings [B, K] (item indices), the trace that produced them, and every proposer step
+    (what RPO needs to score a trajectory's choices)."""
 
     rankings: torch.Tensor
     trace: Trace
+    steps: tuple[Step, ...] = ()
+
+    def at(self, passes: int) -> torch.Tensor:
+        """[B, K] the rankings after ``passes`` verification passes: what ``decode`` with that budget
+        returns (the loop is deterministic given its proposer's scores, so one run at T serves every t ≤ T)."""
+        n = len(self.steps)
+        if passes == 0:
+            return self.steps[0].state.rankings[:, 0] if n else self.rankings
+        return self.steps[passes - 1].rankings if passes <= n else self.rankings
 
     @property
     def ranking(self) -> list[int]:
@@ -159,7 +190,7 @@ def decode(session: TargetSession, proposer: Proposer, budget: int, trajectories
     first = session.first_slot()
     sigma = initial_ranking(first).expand(trajectories, -1).clone()
     trace = Trace(prefill_seconds=session.prefill_seconds)
-    rankings, matrices = [], []
+    rankings, matrices, steps = [], [], []
     for _ in range(budget):
         v = session.verify(sigma)
         trace.passes += 1
@@ -170,8 +201,9 @@ def decode(session: TargetSession, proposer: Proposer, budget: int, trajectories
         matrices.append(v.matrices)
         state = Round(first, torch.stack(rankings, 1), torch.stack(matrices, 1), v.accepted)
         sigma = next_ranking(sigma, v, proposer.scores(state))
+        steps.append(Step(state, sigma))
     trace.decode_seconds = time.perf_counter() - start
-    return Decoded(sigma, trace)
+    return Decoded(sigma, trace, tuple(steps))
 
 
 def _greedy(session: TargetSession) -> Decoded:
@@ -188,4 +220,9 @@ def rank(session: TargetSession, config: DecodingConfig = DecodingConfig()) -> D
         return _greedy(session)
     if config.method == "std":
         return decode(session, GSDProposer(), budget=0)
+    if config.method == "rsd":
+        # The agent module builds on this one (it reads Round); imported here to keep that direction.
+        from rsd_rerank.agent import AgentProposer, resolve_agent
+
+        return decode(session, AgentProposer(resolve_agent(config.agent, session.target, session.k)), config.budget)
     return decode(session, PROPOSERS[config.method](), config.budget)

@@ -61,9 +61,7 @@ def request_records(
     return [
         {
             "query": {"qid": qid, "text": topics[qid]},
-            "candidates": [
-                {"docid": d, "score": score, "doc": {"contents": contents[d]}} for d, score in hits[:depth]
-            ],
+            "candidates": [{"docid": d, "score": score, "doc": {"contents": contents[d]}} for d, score in hits[:depth]],
         }
         for qid, hits in runs.items()
         if hits

@@ -1,0 +1,100 @@
+"""Target rankings and Stage I states, computed once per (model, prompt, query, candidates) and kept on disk.
+
+Each query's entry is one safetensors file written atomically, named by a hash of everything that
+determines it, so a killed run resumes where it stopped and a changed prompt or model never reads a
+stale entry. An entry holds the exact target σ_tr (constrained greedy decoding) and the states of
+one consensus trajectory of T passes (rankings, matrices): Stage I's supervised examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rsd_rerank.agent import tokenizer_fingerprint
+from rsd_rerank.decoding import ConsensusProposer, decode
+from rsd_rerank.prompt import PromptConfig
+from rsd_rerank.session import TargetSession
+from rsd_rerank.targets import Target, cache_dir
+
+__all__ = ["CachedQuery", "target_fingerprint", "cached_queries"]
+
+
+@dataclass(frozen=True)
+class CachedQuery:
+    """One training query: its target ranking and the passes of a consensus trajectory."""
+
+    qid: str
+    target: torch.Tensor
+    """[K] σ_tr, the LLM's constrained greedy ranking."""
+    rankings: torch.Tensor
+    """[t, K] the rankings verified in passes 1..t where the proposer then acted (t ≤ T)."""
+    matrices: torch.Tensor
+    """[t, K, K] their verification matrices."""
+
+
+def target_fingerprint(target: Target) -> str:
+    """Name, architecture config and a digest of the weights' first and last tensors: what makes the target."""
+    model = target.model
+    params = list(model.parameters())
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for p in (params[0], params[-1]):
+        digest.update(p.detach().float().cpu().numpy().tobytes()[: 1 << 20])
+    return f"{target.name}|{tokenizer_fingerprint(target.tokenizer)}|{digest.hexdigest()[:16]}"
+
+
+def _key(fingerprint: str, prompt: PromptConfig, budget: int, request) -> str:
+    payload = {
+        "target": fingerprint,
+        "prompt": asdict(prompt),
+        "budget": budget,
+        "query": request.query.text,
+        "candidates": [[str(c.docid), c.doc] for c in request.candidates],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _compute(target: Target, request, prompt: PromptConfig, budget: int) -> dict[str, torch.Tensor]:
+    session = TargetSession(target, request.query.text, [c.doc for c in request.candidates], prompt)
+    decoded = decode(session, ConsensusProposer(), budget)
+    k = session.k
+    if decoded.steps:
+        last = decoded.steps[-1].state
+        rankings, matrices = last.rankings[0], last.matrices[0]
+    else:  # the STD order verified whole: the proposer never acted, nothing to learn from
+        rankings, matrices = torch.empty(0, k, dtype=torch.long), torch.empty(0, k, k)
+    return {
+        "target": torch.tensor(session.greedy_ranking()),
+        "rankings": rankings.contiguous(),
+        "matrices": matrices.contiguous(),
+    }
+
+
+def cached_queries(
+    target: Target, requests: list, prompt: PromptConfig, budget: int, directory: str | os.PathLike | None = None
+) -> list[CachedQuery]:
+    """Every request's cache entry, computing the missing ones (tqdm; resumable after a kill)."""
+    from safetensors.torch import load_file, save_file
+
+    fingerprint = target_fingerprint(target)
+    root = Path(directory) if directory is not None else cache_dir() / "targets"
+    root = root / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for request in tqdm(requests, desc=f"target cache ({target.name})", unit="query"):
+        if len(request.candidates) < 2:
+            continue
+        path = root / f"{_key(fingerprint, prompt, budget, request)}.safetensors"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            save_file(_compute(target, request, prompt, budget), str(tmp), metadata={"qid": str(request.query.qid)})
+            os.replace(tmp, path)
+        entry = load_file(str(path))
+        out.append(CachedQuery(str(request.query.qid), entry["target"], entry["rankings"], entry["matrices"]))
+    return out

@@ -1,0 +1,253 @@
+"""Fit an RSD agent to a target LLM: target cache → Stage I (supervised) → Stage II (RPO), with validation.
+
+Everything random comes from ``TrainConfig.seed``: the train/validation split, the query order of
+each epoch and every sampled trajectory (its generator is seeded by (seed, epoch, query)), so a run
+resumed from its last checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rsd_rerank.agent import Agent, AgentConfig, AgentProposer, save_agent, tokenizer_fingerprint
+from rsd_rerank.decoding import Round, decode
+from rsd_rerank.metrics import similarity
+from rsd_rerank.prompt import PromptConfig
+from rsd_rerank.session import TargetSession, accepted_length, greedy_choices
+from rsd_rerank.targets import Target
+from rsd_rerank.training.cache import CachedQuery, cached_queries
+from rsd_rerank.training.rpo import ADVANTAGES, rpo_loss, supervised_loss
+
+__all__ = ["TrainConfig", "train", "validate"]
+
+log = logging.getLogger(__name__)
+
+VALIDATION_BUDGETS = (1, 3, 5)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run (stored in the checkpoint's metadata)."""
+
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    budget: int = 5
+    """T: passes per trajectory (RPO) and of the cached consensus trajectory (Stage I states)."""
+    group: int = 8
+    """G: sampled trajectories per query in RPO (plus one greedy reference)."""
+    stage1_epochs: int = 20
+    stage1_lr: float = 1e-3
+    rpo_epochs: int = 1
+    rpo_lr: float = 1e-4
+    rpo_queries: int | None = None
+    """RL queries per epoch (the first of each epoch's shuffled order); None = all training queries."""
+    batch: int = 16
+    """Queries per Adam step."""
+    beta: float = 0.1
+    """KL weight to the frozen reference policy (refreshed at the start of every RPO epoch)."""
+    advantage: str = "reference"
+    """``reference`` (R_i − R_greedy) or ``group`` (R_i − mean of the others; the paper's "w/o RA")."""
+    val_queries: int = 64
+    """Training queries held out for validation (never trained on)."""
+    save_every: int = 64
+    """RPO queries between checkpoints."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"unknown advantage {self.advantage!r}; choose from {', '.join(ADVANTAGES)}")
+        for name in ("budget", "group", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if min(self.stage1_epochs, self.rpo_epochs, self.val_queries) < 0:
+            raise ValueError("epochs and val_queries must be >= 0")
+
+
+def _states(queries: list[CachedQuery]) -> list[tuple[Round, torch.Tensor]]:
+    """Stage I batches: the cached consensus states grouped by round t, with their targets."""
+    by_round: dict[int, list[CachedQuery]] = {}
+    for q in queries:
+        for t in range(1, q.rankings.shape[0] + 1):
+            by_round.setdefault(t, []).append(q)
+    out = []
+    for t, group in sorted(by_round.items()):
+        rankings = torch.stack([q.rankings[:t] for q in group])
+        matrices = torch.stack([q.matrices[:t] for q in group])
+        latest = rankings[:, -1]
+        accepted = accepted_length(latest, greedy_choices(latest, matrices[:, -1]))
+        out.append((Round(matrices[:, 0, 0], rankings, matrices, accepted), torch.stack([q.target for q in group])))
+    return out
+
+
+def _index(state: Round, rows: torch.Tensor) -> Round:
+    return Round(state.first_slot[rows], state.rankings[rows], state.matrices[rows], state.accepted[rows])
+
+
+def validate(agent: Agent, target: Target, requests: list, queries: list[CachedQuery], config: TrainConfig) -> dict:
+    """KT/SR/FD/KD of the greedy agent to the target at each validation budget."""
+    agent.eval()
+    budgets = VALIDATION_BUDGETS
+    found = {t: [] for t in budgets}
+    for request in requests:
+        session = TargetSession(target, request.query.text, [c.doc for c in request.candidates], config.prompt)
+        decoded = decode(session, AgentProposer(agent), max(budgets))
+        for t in budgets:
+            found[t].append(decoded.at(t)[0].numpy())
+    targets = np.stack([q.target.numpy() for q in queries])
+    return {f"T={t}": similarity(np.stack(found[t]), targets) for t in budgets}
+
+
+def _generator(seed: int, *parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0]))
+
+
+def _save(out: Path, agent: Agent, reference: Agent, optimizer, progress: dict) -> None:
+    save_agent(agent, out)
+    tmp = out / ".train_state.pt.tmp"
+    torch.save(
+        {
+            "agent": agent.state_dict(),
+            "reference": reference.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "progress": progress,
+        },
+        tmp,
+    )
+    os.replace(tmp, out / "train_state.pt")
+
+
+def train(
+    target: Target, requests: list, out: str | os.PathLike, config: TrainConfig = TrainConfig(), resume: bool = False
+) -> Agent:
+    """Train an agent on ``requests`` (RankLLM requests of equal K) and write it to ``out``.
+
+    Raises:
+        ValueError: too few requests for the validation split, lists of unequal length for a K-tied
+            network, or ``out`` holding a run that ``resume`` was not asked to continue.
+    """
+    out = Path(out)
+    if (out / "train_state.pt").exists() and not resume:
+        raise ValueError(f"{out} holds a training run; pass --resume to continue it or choose another --out")
+    ks = {len(r.candidates) for r in requests}
+    agent_config = config.agent
+    if agent_config.network != "equivariant":
+        if len(ks) != 1:
+            raise ValueError(f"the {agent_config.network!r} network needs lists of one length, got {sorted(ks)}")
+        agent_config = replace(agent_config, k=ks.pop())
+    if len(requests) <= config.val_queries:
+        raise ValueError(f"{len(requests)} requests leave none to train on after {config.val_queries} for validation")
+
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(requests))
+    val_idx, train_idx = order[: config.val_queries], order[config.val_queries :]
+    cached = cached_queries(target, requests, config.prompt, config.budget)
+    by_qid = {q.qid: q for q in cached}
+    train_req = [requests[i] for i in train_idx if str(requests[i].query.qid) in by_qid]
+    val_req = [requests[i] for i in val_idx if str(requests[i].query.qid) in by_qid]
+    train_q = [by_qid[str(r.query.qid)] for r in train_req]
+    val_q = [by_qid[str(r.query.qid)] for r in val_req]
+
+    torch.manual_seed(config.seed)
+    metadata = {
+        "target": target.name,
+        "tokenizer": tokenizer_fingerprint(target.tokenizer),
+        "identifiers": "alpha",
+        "template": Path(config.prompt.template).name,
+        "training": {k: v for k, v in asdict(config).items() if k != "agent"},
+        "data": {
+            "train_queries": len(train_q),
+            "val_queries": len(val_q),
+            "k": sorted({len(r.candidates) for r in requests}),
+        },
+    }
+    agent = Agent(agent_config, metadata)
+    reference = copy.deepcopy(agent)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.stage1_lr)
+    progress = {"stage": "stage1", "epoch": 0, "position": 0, "history": []}
+    if resume and (out / "train_state.pt").exists():
+        state = torch.load(out / "train_state.pt", weights_only=False)
+        agent.load_state_dict(state["agent"])
+        reference.load_state_dict(state["reference"])
+        progress = state["progress"]
+        if progress["stage"] == "rpo":
+            optimizer = torch.optim.Adam(agent.parameters(), lr=config.rpo_lr)
+        optimizer.load_state_dict(state["optimizer"])
+        log.info("resuming at %s epoch %d query %d", progress["stage"], progress["epoch"], progress["position"])
+
+    def record(stage: str, epoch: int, extra: dict) -> None:
+        metrics = validate(agent, target, val_req, val_q, config) if val_q else {}
+        entry = {"stage": stage, "epoch": epoch, **extra, "validation": metrics}
+        progress["history"].append(entry)
+        summary = ", ".join(f"{t} KT {m['KT']:.3f}" for t, m in metrics.items())
+        tqdm.write(f"{stage} epoch {epoch}: {summary}")
+
+    if progress["stage"] == "stage1":
+        if progress["epoch"] == 0 and not progress["history"]:
+            record("init", 0, {})
+        batches = _states(train_q)
+        while progress["epoch"] < config.stage1_epochs:
+            agent.train()
+            epoch = progress["epoch"]
+            losses = []
+            g = _generator(config.seed, 1, epoch)
+            for state, targets in batches:
+                perm = torch.randperm(targets.shape[0], generator=g)
+                for rows in perm.split(config.batch * 4):
+                    loss = supervised_loss(agent, _index(state, rows), targets[rows])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(loss.item())
+            progress["epoch"] += 1
+            record("stage1", progress["epoch"], {"loss": float(np.mean(losses))})
+            _save(out, agent, reference, optimizer, progress)
+        progress.update(stage="rpo", epoch=0, position=0)
+        optimizer = torch.optim.Adam(agent.parameters(), lr=config.rpo_lr)
+        reference.load_state_dict(agent.state_dict())
+        _save(out, agent, reference, optimizer, progress)
+
+    n_rl = len(train_req) if config.rpo_queries is None else min(config.rpo_queries, len(train_req))
+    while progress["epoch"] < config.rpo_epochs:
+        epoch = progress["epoch"]
+        order = np.random.default_rng([config.seed, 2, epoch]).permutation(len(train_req))[:n_rl]
+        if progress["position"] == 0:
+            reference.load_state_dict(agent.state_dict())
+        bar = tqdm(total=n_rl, initial=progress["position"], desc=f"RPO epoch {epoch + 1}", unit="query")
+        stats = []
+        optimizer.zero_grad()
+        while progress["position"] < n_rl:
+            i = int(order[progress["position"]])
+            request, q = train_req[i], train_q[i]
+            session = TargetSession(target, request.query.text, [c.doc for c in request.candidates], config.prompt)
+            agent.eval()
+            proposer = AgentProposer(agent, _generator(config.seed, 3, epoch, i), greedy_rows=1)
+            decoded = decode(session, proposer, config.budget, trajectories=1 + config.group)
+            agent.train()
+            loss, s = rpo_loss(agent, reference, decoded, q.target, config.advantage, config.beta, config.budget)
+            (loss / config.batch).backward()
+            stats.append(s)
+            progress["position"] += 1
+            bar.update(1)
+            if progress["position"] % config.batch == 0 or progress["position"] == n_rl:
+                optimizer.step()
+                optimizer.zero_grad()
+                bar.set_postfix(reward=f"{np.mean([x['reward_ref'] for x in stats[-config.batch :]]):.3f}")
+            if progress["position"] % config.save_every == 0 and progress["position"] % config.batch == 0:
+                _save(out, agent, reference, optimizer, progress)
+        bar.close()
+        progress.update(epoch=epoch + 1, position=0)
+        record("rpo", epoch + 1, {k: float(np.mean([x[k] for x in stats])) for k in stats[0]} if stats else {})
+        _save(out, agent, reference, optimizer, progress)
+
+    agent.metadata["validation"] = progress["history"][-1]["validation"] if progress["history"] else {}
+    agent.metadata["history"] = progress["history"]
+    save_agent(agent, out)
+    return agent.eval()
