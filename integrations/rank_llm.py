@@ -3,7 +3,7 @@
 RankLLM keeps doing what it does: sliding windows (window 20, stride 10 by default), permutation
 repair (``receive_permutation``), ``Result``/``InferenceInvocation`` bookkeeping and ``DataWriter``
 output. Each window's prompt is RankLLM's own template rendering; instead of free generation the
-window is decoded by the core engine (``greedy``, ``std``, ``gsd``, ``consensus``) and written back
+window is decoded by the core engine (``rsd``, ``greedy``, ``std``, ``gsd``, ``consensus``) and written back
 as the ranking string ``[B] > [A] > …`` that RankLLM parses.
 """
 
@@ -42,8 +42,11 @@ class RSDReranker(ListwiseRankLLM):
         tokenizer: the tokenizer of a loaded ``model``.
         prompt_template_path: a RankLLM ``singleturn_listwise`` template with alphabetical
             identifiers (name of a bundled one, or a path).
-        method: ``greedy`` (the LLM's own ranking), ``std``, ``gsd`` or ``consensus``.
+        method: ``rsd`` (the learned agent), ``greedy`` (the LLM's own ranking), ``std``, ``gsd`` or
+            ``consensus``.
         budget: LLM verification passes per window.
+        agent: for ``rsd``, an agent checkpoint directory or bundled name; None picks the bundled
+            agent trained on the model (``RSDReranker()`` uses the embedded SmolLM2's).
         window_size, stride, context_size, max_passage_words: as in RankLLM.
 
     Every window's passes, i* per round and seconds are recorded in the invocation's
@@ -59,6 +62,7 @@ class RSDReranker(ListwiseRankLLM):
         prompt_template_path: str = DEFAULT_TEMPLATE,
         method: str = DecodingConfig.method,
         budget: int = DecodingConfig.budget,
+        agent: str | None = None,
         window_size: int = 20,
         stride: int = 10,
         context_size: int = PromptConfig.context_size,
@@ -67,7 +71,7 @@ class RSDReranker(ListwiseRankLLM):
         if not 1 <= window_size <= len(IDENTIFIERS):
             raise ValueError(f"window_size must be 1..{len(IDENTIFIERS)} (identifiers [A]..[Z]), got {window_size}")
         self._target: Target = load_target(model, tokenizer)
-        self._decoding = DecodingConfig(method, budget)
+        self._decoding = DecodingConfig(method, budget, agent)
         template = str(template_path(prompt_template_path))
         self._prompt_config = PromptConfig(template, max_passage_words, context_size)
         super().__init__(

@@ -8,8 +8,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from rsd_rerank.agent import NETWORKS
 from rsd_rerank.decoding import METHODS, DecodingConfig
 from rsd_rerank.prompt import PromptConfig
+from rsd_rerank.training.rpo import ADVANTAGES
+from rsd_rerank.training.trainer import TrainConfig
 
 __all__ = ["main"]
 
@@ -23,8 +26,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", default=PromptConfig.template, help="RankLLM prompt template (name or path)")
     p.add_argument("--max-passage-words", type=int, default=PromptConfig.max_passage_words)
     p.add_argument("--context-size", type=int, default=PromptConfig.context_size)
+
+
+def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default=DecodingConfig.method)
     p.add_argument("--budget", type=int, default=DecodingConfig.budget, help="T: LLM verification passes")
+    p.add_argument("--agent", help="rsd: agent checkpoint dir or bundled name (default: the one trained on --model)")
 
 
 def _prompt_config(args: argparse.Namespace) -> PromptConfig:
@@ -37,7 +44,7 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
     from rsd_rerank.runs import read_requests, rerank_request, write_trec
     from rsd_rerank.targets import load_target
 
-    decoding = DecodingConfig(args.method, args.budget)
+    decoding = DecodingConfig(args.method, args.budget, args.agent)
     prompt = _prompt_config(args)
     requests = read_requests(args.requests)
     target = load_target(args.model)
@@ -95,12 +102,136 @@ def _cmd_retrieve(args: argparse.Namespace) -> None:
         print(f"{measure}\t{value:.4f}")
 
 
+def _topics_and_qrels(args: argparse.Namespace) -> tuple[dict[str, str], list | None]:
+    from rsd_rerank.integrations import datasets
+
+    topics = datasets.queries(args.topics or args.dataset)
+    if args.queries is not None:
+        topics = dict(list(topics.items())[: args.queries])
+    judged = datasets.qrels(args.qrels) if args.qrels else (datasets.qrels(args.dataset) if args.dataset else None)
+    return topics, judged
+
+
+def _print_metrics(metrics: dict[str, dict[str, float]], unjudged: list[str]) -> None:
+    names = list(next(iter(metrics.values())))
+    print("run\t" + "\t".join(names))
+    for run, values in metrics.items():
+        print(run + "\t" + "\t".join(f"{values.get(n, float('nan')):.4f}" for n in names))
+    if unjudged:
+        print(f"{len(unjudged)} queries have no judgments and are left out of the metrics: {', '.join(unjudged[:10])}")
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> None:
+    from rsd_rerank.integrations.evaluation import pipeline
+    from rsd_rerank.targets import load_target
+
+    decoding = DecodingConfig(args.method, args.budget, args.agent)
+    topics, judged = _topics_and_qrels(args)
+    result = pipeline(
+        load_target(args.model),
+        args.index,
+        topics,
+        judged,
+        args.output,
+        decoding,
+        _prompt_config(args),
+        hits=args.hits,
+        rerank_top=args.rerank_top,
+        resume=args.resume,
+    )
+    print(f"reranked {result.reranked} queries ({result.resumed} already in {args.output}); run in {args.output}")
+    if result.metrics is None:
+        print("no qrels for these topics: no metrics")
+    else:
+        _print_metrics(result.metrics, result.unjudged)
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from rsd_rerank.integrations import datasets
+    from rsd_rerank.integrations.evaluation import (
+        candidate_requests,
+        compare,
+        summarise,
+        write_comparison,
+    )
+    from rsd_rerank.runs import read_requests
+    from rsd_rerank.targets import load_target
+
+    if args.requests:
+        requests = read_requests(args.requests)[: args.queries]
+        judged = datasets.qrels(args.qrels) if args.qrels else None
+    else:
+        if not args.index or not (args.dataset or args.topics):
+            raise ValueError("give --requests FILE, or --index with --dataset/--topics")
+        topics, judged = _topics_and_qrels(args)
+        _, requests = candidate_requests(args.index, topics, args.candidates, args.candidates)
+    target = load_target(args.model)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    records = compare(target, requests, judged, methods, args.budgets, _prompt_config(args), args.agent)
+    rows = summarise(records, judged)
+    meta = {
+        "target": target.name,
+        "queries": len(requests),
+        "methods": methods,
+        "budgets": args.budgets,
+        "source": args.requests or args.dataset or args.topics,
+    }
+    table = write_comparison(args.out, meta, rows, records)
+    print(table)
+    print(f"wrote {args.out}.json, .md and .png")
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        budgets = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"budgets are comma-separated integers, got {text!r}") from err
+    if not budgets or min(budgets) < 0:
+        raise argparse.ArgumentTypeError(f"budgets must be >= 0, got {text!r}")
+    return budgets
+
+
+def _add_topic_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    topics = p.add_mutually_exclusive_group(required=required)
+    topics.add_argument("--dataset", help="ir_datasets id with queries (and qrels), e.g. beir/scifact/test")
+    topics.add_argument("--topics", help="qid<TAB>text file")
+    p.add_argument("--qrels", help="TREC qrels file (default: the dataset's own)")
+    p.add_argument("--queries", type=int, help="only the first N queries")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from rsd_rerank.agent import AgentConfig
+    from rsd_rerank.runs import read_requests
+    from rsd_rerank.targets import load_target
+    from rsd_rerank.training import TrainConfig, train
+
+    config = TrainConfig(
+        agent=AgentConfig(network=args.network, temperature=args.temperature),
+        prompt=_prompt_config(args),
+        budget=args.budget,
+        group=args.group,
+        stage1_epochs=args.stage1_epochs,
+        rpo_epochs=args.rpo_epochs,
+        rpo_queries=args.rpo_queries,
+        advantage=args.advantage,
+        beta=args.beta,
+        val_queries=args.val_queries,
+        seed=args.seed,
+    )
+    requests = read_requests(args.requests)
+    agent = train(load_target(args.model), requests, args.out, config, resume=args.resume)
+    for budget, m in agent.metadata["validation"].items():
+        print(f"validation {budget}: KT {m['KT']:.4f} SR {m['SR']:.4f} FD {m['FD']:.2f} KD {m['KD']:.2f}")
+    print(f"wrote agent to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsd-rerank", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("rerank", help="rerank RankLLM request JSONL into a TREC run")
     _add_model_options(p)
+    _add_decoding_options(p)
     p.add_argument("--requests", required=True, help="RankLLM request JSONL (query + candidates per line)")
     p.add_argument("--output", required=True, help="TREC run file, written atomically")
     p.set_defaults(func=_cmd_rerank)
@@ -124,6 +255,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", help="also write each query's top --candidates hits as RankLLM request JSONL")
     p.add_argument("--candidates", type=int, default=20, help="hits per request in --requests (default 20)")
     p.set_defaults(func=_cmd_retrieve)
+
+    p = sub.add_parser("pipeline", help="BM25 → rerank the top k → TREC run → metrics next to BM25's")
+    _add_model_options(p)
+    _add_decoding_options(p)
+    p.add_argument("--index", required=True, help="Lucene index (rsd-rerank index)")
+    _add_topic_options(p)
+    p.add_argument("--hits", type=int, default=100, help="BM25 hits per query kept in the run")
+    p.add_argument("--rerank-top", type=int, default=20, help="hits reranked (RankLLM windows 20/10 beyond 20)")
+    p.add_argument("--output", required=True, help="TREC run, rewritten atomically after every query")
+    p.add_argument("--resume", action="store_true", help="skip queries already in --output")
+    p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser("compare", help="every decoder on the same candidate lists: fidelity, nDCG@10, seconds")
+    _add_model_options(p)
+    p.add_argument("--requests", help="RankLLM request JSONL (instead of --index + --dataset)")
+    p.add_argument("--index", help="Lucene index for BM25 candidates")
+    _add_topic_options(p, required=False)
+    p.add_argument("--candidates", type=int, default=20, help="BM25 hits per query to rerank (K)")
+    p.add_argument("--methods", default="generate,first,std,gsd,consensus,rsd,greedy")
+    p.add_argument("--budgets", type=_budgets, default=[1, 3, 5, 7], help="T values for gsd/consensus/rsd")
+    p.add_argument("--agent", help="rsd: agent checkpoint dir or bundled name (default: the one for --model)")
+    p.add_argument("--out", required=True, help="output stem: writes .json, .md, .png")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("train", help="train an RSD agent against a target LLM (Stage I + RPO)")
+    _add_model_options(p)
+    defaults = TrainConfig()
+    p.add_argument("--requests", required=True, help="training requests (RankLLM JSONL); never the test queries")
+    p.add_argument("--out", required=True, help="checkpoint folder (agent.json, model.safetensors, train_state.pt)")
+    p.add_argument("--network", choices=NETWORKS, default=defaults.agent.network)
+    p.add_argument("--temperature", type=float, default=defaults.agent.temperature)
+    p.add_argument("--budget", type=int, default=defaults.budget, help="T: passes per trajectory")
+    p.add_argument("--group", type=int, default=defaults.group, help="G: sampled trajectories per query")
+    p.add_argument("--stage1-epochs", type=int, default=defaults.stage1_epochs)
+    p.add_argument("--rpo-epochs", type=int, default=defaults.rpo_epochs, help="0: Stage I only ('w/o RPO')")
+    p.add_argument("--rpo-queries", type=int, default=defaults.rpo_queries, help="RL queries per epoch (default all)")
+    p.add_argument("--advantage", choices=ADVANTAGES, default=defaults.advantage)
+    p.add_argument("--beta", type=float, default=defaults.beta, help="KL weight")
+    p.add_argument("--val-queries", type=int, default=defaults.val_queries)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -106,11 +106,15 @@ class TargetSession:
         self._row0 = self._rows(logits[0], self._first_ids)[0]  # [K]
         self.prefill_seconds = time.perf_counter() - start
         self.prompt_tokens = ids.shape[1]
-        # KV and rows of the last verified ranking, reused for the prefix the next ranking shares.
+        self._greedy: list[int] | None = None
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop the KV and rows of the last verified ranking (the prompt's stay), so that the next
+        decoding run costs what it would cost alone (timing comparisons between methods)."""
         self._cached_items: tuple[int, ...] = ()
         self._cached_kv: KV = self._prompt_kv
         self._cached_rows = self._row0[None]
-        self._greedy: list[int] | None = None
 
     # -- model access -------------------------------------------------------------------------
 

@@ -91,18 +91,19 @@ def _index(state: Round, rows: torch.Tensor) -> Round:
     return Round(state.first_slot[rows], state.rankings[rows], state.matrices[rows], state.accepted[rows])
 
 
-def validate(agent: Agent, target: Target, requests: list, queries: list[CachedQuery], config: TrainConfig) -> dict:
-    """KT/SR/FD/KD of the greedy agent to the target at each validation budget."""
+def validate(agent: Agent, sessions: list[TargetSession], queries: list[CachedQuery]) -> dict:
+    """KT/SR/FD/KD of the greedy agent to the target at each validation budget.
+
+    Sessions are kept across epochs: their prompt KV is the same every time.
+    """
     agent.eval()
-    budgets = VALIDATION_BUDGETS
-    found = {t: [] for t in budgets}
-    for request in requests:
-        session = TargetSession(target, request.query.text, [c.doc for c in request.candidates], config.prompt)
-        decoded = decode(session, AgentProposer(agent), max(budgets))
-        for t in budgets:
+    found = {t: [] for t in VALIDATION_BUDGETS}
+    for session in sessions:
+        decoded = decode(session, AgentProposer(agent), max(VALIDATION_BUDGETS))
+        for t in VALIDATION_BUDGETS:
             found[t].append(decoded.at(t)[0].numpy())
     targets = np.stack([q.target.numpy() for q in queries])
-    return {f"T={t}": similarity(np.stack(found[t]), targets) for t in budgets}
+    return {f"T={t}": similarity(np.stack(found[t]), targets) for t in VALIDATION_BUDGETS}
 
 
 def _generator(seed: int, *parts: int) -> torch.Generator:
@@ -128,6 +129,9 @@ def train(
     target: Target, requests: list, out: str | os.PathLike, config: TrainConfig = TrainConfig(), resume: bool = False
 ) -> Agent:
     """Train an agent on ``requests`` (RankLLM requests of equal K) and write it to ``out``.
+
+    ``out`` receives the final agent (``agent.json``, ``model.safetensors``), the Stage I agent in
+    ``out/stage1`` and ``train_state.pt``, from which ``resume=True`` continues after a kill.
 
     Raises:
         ValueError: too few requests for the validation split, lists of unequal length for a K-tied
@@ -182,8 +186,10 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         log.info("resuming at %s epoch %d query %d", progress["stage"], progress["epoch"], progress["position"])
 
+    val_sessions = [TargetSession(target, r.query.text, [c.doc for c in r.candidates], config.prompt) for r in val_req]
+
     def record(stage: str, epoch: int, extra: dict) -> None:
-        metrics = validate(agent, target, val_req, val_q, config) if val_q else {}
+        metrics = validate(agent, val_sessions, val_q) if val_q else {}
         entry = {"stage": stage, "epoch": epoch, **extra, "validation": metrics}
         progress["history"].append(entry)
         summary = ", ".join(f"{t} KT {m['KT']:.3f}" for t, m in metrics.items())
@@ -209,6 +215,9 @@ def train(
             progress["epoch"] += 1
             record("stage1", progress["epoch"], {"loss": float(np.mean(losses))})
             _save(out, agent, reference, optimizer, progress)
+        # The Stage I agent is kept as it stands: the paper's "w/o RPO" ablation.
+        agent.metadata.update(validation=progress["history"][-1]["validation"], history=list(progress["history"]))
+        save_agent(agent, out / "stage1")
         progress.update(stage="rpo", epoch=0, position=0)
         optimizer = torch.optim.Adam(agent.parameters(), lr=config.rpo_lr)
         reference.load_state_dict(agent.state_dict())

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Reproduces the bundled agents and the fidelity benchmarks (README: "Agents"). Resumable: rerun after a kill.
+# Needs `bash scripts/setup.sh` first. Training data: SciFact's 809 training claims (all claims minus the
+# 300 test claims), BM25 top 20; the benchmarks use the first 100 test claims. CPU: about an hour on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+INDEX=indexes/beir-scifact
+TRAIN=data/scifact/train.top20.jsonl
+TEST=data/scifact/test.top20.jsonl
+AGENTS=runs/agents
+
+[ -d "$INDEX" ] || rsd-rerank index --dataset beir/scifact --index "$INDEX"
+[ -f "$TRAIN" ] || rsd-rerank retrieve --index "$INDEX" --dataset beir/scifact --exclude beir/scifact/test \
+    --hits 100 --output runs/bm25.scifact-train.trec --requests "$TRAIN"
+[ -f "$TEST" ] || rsd-rerank retrieve --index "$INDEX" --dataset beir/scifact/test \
+    --hits 100 --output runs/bm25.scifact-test.trec --requests "$TEST"
+
+train() {  # OUT, then `rsd-rerank train` options; skipped when OUT holds a finished agent
+    local out=$1; shift
+    if [ -f "$out/agent.json" ] && grep -q '"stage": "rpo"' "$out/agent.json"; then return; fi
+    local resume=(); [ -f "$out/train_state.pt" ] && resume=(--resume)
+    rsd-rerank train --requests "$TRAIN" --out "$out" "${resume[@]}" "$@"
+}
+
+# The hard, paper-like target (shared/targets.md): every network, both advantages.
+RL=(--model random-llama --stage1-epochs 8 --rpo-queries 256 --val-queries 48)
+train $AGENTS/random-llama-equivariant "${RL[@]}" --network equivariant
+train $AGENTS/random-llama-equivariant-group "${RL[@]}" --network equivariant --advantage group
+train $AGENTS/random-llama-paper "${RL[@]}" --network paper
+train $AGENTS/random-llama-mlp "${RL[@]}" --network mlp
+
+python benchmarks/fidelity.py --target random-llama --queries 100 --requests "$TEST" \
+    --agent rsd-equivariant=$AGENTS/random-llama-equivariant \
+    --agent rsd-equivariant-stage1=$AGENTS/random-llama-equivariant/stage1 \
+    --agent rsd-equivariant-group=$AGENTS/random-llama-equivariant-group \
+    --agent rsd-paper=$AGENTS/random-llama-paper \
+    --agent rsd-paper-stage1=$AGENTS/random-llama-paper/stage1 \
+    --agent rsd-mlp=$AGENTS/random-llama-mlp \
+    --agent rsd-mlp-stage1=$AGENTS/random-llama-mlp/stage1 \
+    --out benchmarks/results/fidelity-random-llama
+
+# The embedded SmolLM2 (an easy target): 120 training claims, passages cut to 40 words for CPU time.
+head -n 120 "$TRAIN" > data/scifact/train120.top20.jsonl
+train $AGENTS/smollm2-equivariant --model smollm2 --requests data/scifact/train120.top20.jsonl \
+    --max-passage-words 40 --stage1-epochs 8 --rpo-queries 32 --val-queries 24 --network equivariant
+python benchmarks/fidelity.py --target smollm2 --queries 100 --requests "$TEST" --max-passage-words 40 \
+    --agent rsd-equivariant=$AGENTS/smollm2-equivariant \
+    --agent rsd-equivariant-stage1=$AGENTS/smollm2-equivariant/stage1 \
+    --out benchmarks/results/fidelity-smollm2

@@ -1,0 +1,189 @@
+"""The agent: Plackett–Luce policy, RPO loss pieces, networks, checkpoints."""
+
+import copy
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from rsd_rerank.agent import (
+    Agent,
+    AgentConfig,
+    AgentProposer,
+    gumbel_perturbed,
+    item_features,
+    load_agent,
+    pl_log_prob,
+    resolve_agent,
+    save_agent,
+)
+from rsd_rerank.decoding import DecodingConfig, Round, decode, rank
+from rsd_rerank.session import TargetSession
+from rsd_rerank.training.rpo import advantages, kl_to_reference, rpo_loss
+
+
+def _pl_probability(logits, ranking):
+    p, rest = 1.0, list(ranking)
+    for item in ranking:
+        p *= math.exp(logits[item]) / sum(math.exp(logits[j]) for j in rest)
+        rest.remove(item)
+    return p
+
+
+def test_gumbel_top_k_samples_plackett_luce():
+    logits = torch.tensor([1.5, 0.2, -0.7])
+    g = torch.Generator().manual_seed(0)
+    n = 30000
+    samples = torch.argsort(-gumbel_perturbed(logits.expand(n, -1).clone(), g), dim=1)
+    perms = list(itertools.permutations(range(3)))
+    counts = [int((samples == torch.tensor(p)).all(dim=1).sum()) for p in perms]
+    expected = [n * _pl_probability(logits.tolist(), p) for p in perms]
+    assert sum(expected) == pytest.approx(n)
+    assert chisquare(counts, expected).pvalue > 0.01
+
+
+def test_pl_log_prob_sums_over_the_agent_slots_only():
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.5, 0.0]])
+    ranking = torch.tensor([[2, 0, 4, 1, 3]])
+    full = math.log(_pl_probability(logits[0].tolist(), ranking[0].tolist()))
+    assert float(pl_log_prob(logits, ranking, torch.tensor([0]))) == pytest.approx(full, abs=1e-5)
+    # from slot 2 on: items 4, 1, 3 chosen among themselves
+    sub = logits[0, [4, 1, 3]].tolist()
+    tail = math.log(_pl_probability(sub, [0, 1, 2]))
+    assert float(pl_log_prob(logits, ranking, torch.tensor([2]))) == pytest.approx(tail, abs=1e-5)
+    assert float(pl_log_prob(logits, ranking, torch.tensor([5]))) == 0.0
+
+
+def test_advantages():
+    returns = torch.tensor([0.5, 0.7, 0.2, 0.5])
+    assert torch.allclose(advantages(returns, "reference"), torch.tensor([0.2, -0.3, 0.0]))
+    assert torch.allclose(advantages(returns, "group"), torch.tensor([0.35, -0.4, 0.05]))
+    with pytest.raises(ValueError, match="unknown advantage"):
+        advantages(returns, "mean")
+
+
+def _state(b=3, t=2, k=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rankings = torch.stack([torch.stack([torch.randperm(k, generator=g) for _ in range(t)]) for _ in range(b)])
+    matrices = torch.log_softmax(3 * torch.randn(b, t, k, k, generator=g), dim=-1)
+    return Round(matrices[0, 0, 0], rankings, matrices, torch.tensor([0, 2, 1][:b]))
+
+
+@pytest.mark.parametrize("network", ["paper", "equivariant", "mlp"])
+def test_networks_score_every_item(network):
+    state = _state(k=10)
+    agent = Agent(AgentConfig(network, k=None if network == "equivariant" else 10))
+    assert agent(state).shape == (3, 10)
+
+
+def test_equivariant_network_follows_a_relabelling_of_items_and_serves_any_k():
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig("equivariant"))
+    for p in agent.parameters():  # leave the consensus start: a random net must still be equivariant
+        p.data.normal_(0, 0.3)
+    state = _state(k=7)
+    perm = torch.randperm(7)  # new index of old item i is inv[i]
+    inv = torch.argsort(perm)
+    relabelled = Round(state.first_slot[perm], inv[state.rankings], state.matrices[..., perm], state.accepted)
+    assert torch.allclose(agent(relabelled), agent(state)[:, perm], atol=1e-5)
+    assert agent(_state(k=12)).shape == (3, 12)
+    assert item_features(state).shape[:2] == (3, 7)
+
+
+def test_untrained_equivariant_agent_is_the_consensus_proposer(tiny_llama, query_docs):
+    query, docs = query_docs[0]
+    session = TargetSession(tiny_llama, query, docs[:8])
+    agent = Agent(AgentConfig("equivariant"))
+    ours = decode(session, AgentProposer(agent), 3).ranking
+    assert ours == rank(session, DecodingConfig("consensus", 3)).ranking
+
+
+def test_kl_is_zero_when_policy_equals_reference():
+    logits = torch.randn(4, 6)
+    free = torch.rand(4, 6) > 0.3
+    assert torch.allclose(kl_to_reference(logits, logits.clone(), free), torch.zeros(4), atol=1e-6)
+    assert float(kl_to_reference(logits, torch.randn(4, 6), torch.ones(4, 6, dtype=torch.bool)).min()) > 0
+
+
+def test_rpo_gradient_is_zero_when_every_advantage_is_zero(tiny_llama, query_docs):
+    query, docs = query_docs[0]
+    session = TargetSession(tiny_llama, query, docs[:8])
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig("equivariant"))
+    for p in agent.parameters():
+        p.data.normal_(0, 0.3)
+    reference = copy.deepcopy(agent)
+    # every trajectory greedy: equal returns, zero advantages; policy = reference: KL at its minimum
+    decoded = decode(session, AgentProposer(agent), 3, trajectories=5)
+    loss, _ = rpo_loss(agent, reference, decoded, torch.tensor(session.greedy_ranking()), "reference", 0.1, 3)
+    loss.backward()
+    assert decoded.steps, "the test needs at least one proposer step"
+    assert all(
+        p.grad is None or torch.allclose(p.grad, torch.zeros_like(p.grad), atol=1e-7) for p in agent.parameters()
+    )
+
+
+def test_rollout_row_zero_is_the_greedy_reference(tiny_llama, query_docs):
+    query, docs = query_docs[1]
+    session = TargetSession(tiny_llama, query, docs[:10])
+    torch.manual_seed(1)
+    agent = Agent(AgentConfig("equivariant"))
+    for p in agent.parameters():
+        p.data.normal_(0, 0.3)
+    g = torch.Generator().manual_seed(0)
+    sampled = decode(session, AgentProposer(agent, g, greedy_rows=1), 4, trajectories=6)
+    greedy = decode(session, AgentProposer(agent), 4)
+    assert sampled.rankings[0].tolist() == greedy.ranking
+    assert len({tuple(r) for r in sampled.rankings.tolist()}) > 1  # the others explore
+    again = decode(session, AgentProposer(agent, torch.Generator().manual_seed(0), greedy_rows=1), 4, trajectories=6)
+    assert torch.equal(again.rankings, sampled.rankings)  # a seed fixes every trajectory
+
+
+def _trained_like(agent: Agent, target) -> Agent:
+    from rsd_rerank.agent import tokenizer_fingerprint
+
+    agent.metadata.update(target=target.name, tokenizer=tokenizer_fingerprint(target.tokenizer))
+    return agent
+
+
+def test_checkpoint_round_trip_reproduces_scores(tmp_path, tiny_llama):
+    torch.manual_seed(0)
+    agent = _trained_like(Agent(AgentConfig("paper", k=10)), tiny_llama)
+    save_agent(agent, tmp_path / "a")
+    loaded = load_agent(tmp_path / "a", target=tiny_llama, k=10)
+    state = _state(k=10)
+    assert torch.equal(loaded(state), agent.eval()(state))
+    assert loaded.config == agent.config
+
+
+def test_mismatched_checkpoints_are_clear_errors(tmp_path, tiny_llama, caplog):
+    agent = _trained_like(Agent(AgentConfig("paper", k=10)), tiny_llama)
+    save_agent(agent, tmp_path / "a")
+    with pytest.raises(ValueError, match="trained for K = 10 items, the list has 20"):
+        load_agent(tmp_path / "a", target=tiny_llama, k=20)
+    agent.metadata["tokenizer"] = "0123456789abcdef"
+    save_agent(agent, tmp_path / "b")
+    with pytest.raises(ValueError, match="identifier tokens differ"):
+        load_agent(tmp_path / "b", target=tiny_llama, k=10)
+    with pytest.raises(ValueError, match="not an agent checkpoint"):
+        load_agent(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no agent checkpoint 'nope'"):
+        resolve_agent("nope", tiny_llama, 10)
+    with pytest.raises(ValueError, match="5 heads"):
+        AgentConfig("paper", k=12)
+    agent = _trained_like(Agent(AgentConfig("equivariant")), tiny_llama)
+    agent.metadata["target"] = "another-model"
+    save_agent(agent, tmp_path / "c")
+    load_agent(tmp_path / "c", target=tiny_llama, k=10)
+    assert "adaptation" in caplog.text
+
+
+def test_sampling_from_softmax_normalised_scores_is_nearly_uniform():
+    from rsd_rerank.agent import exploration_report
+
+    report = exploration_report(torch.linspace(3, -3, 20))
+    assert report["softmax_normalised"] < 0.1 < 0.5 < report["raw_scores"]
+    assert np.isfinite(list(report.values())).all()

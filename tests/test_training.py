@@ -1,0 +1,115 @@
+"""Training end to end on a small random Llama: the cache, Stage I, RPO, resume, the CLI."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from rsd_rerank.agent import AgentConfig, load_agent
+from rsd_rerank.cli import main
+from rsd_rerank.runs import read_requests
+from rsd_rerank.training import TrainConfig, train
+from rsd_rerank.training.cache import cached_queries
+
+
+def _requests(requests_json, n, k, seed=0):
+    """n requests of k passages each, drawn from the example passages with the example queries."""
+    rng = random.Random(seed)
+    passages = [c for r in requests_json for c in r["candidates"]]
+    queries = [r["query"]["text"] for r in requests_json]
+    return [
+        {"query": {"qid": f"q{i}", "text": queries[i % len(queries)]}, "candidates": rng.sample(passages, k)}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory, requests_json):
+    path = tmp_path_factory.mktemp("train") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _requests(requests_json, 24, 10)))
+    return path
+
+
+def test_training_raises_validation_kt(tiny_llama, train_file, tmp_path):
+    requests = read_requests(train_file)
+    config = TrainConfig(
+        agent=AgentConfig("paper", k=10),
+        budget=3,
+        group=4,
+        stage1_epochs=6,
+        stage1_lr=3e-3,
+        rpo_epochs=1,
+        rpo_queries=8,
+        batch=4,
+        val_queries=6,
+        seed=0,
+    )
+    agent = train(tiny_llama, requests, tmp_path / "agent", config)
+    history = agent.metadata["history"]
+    before, after = history[0]["validation"]["T=3"]["KT"], history[-1]["validation"]["T=3"]["KT"]
+    assert history[0]["stage"] == "init" and history[-1]["stage"] == "rpo"
+    assert after > before + 0.05, (before, after)
+    meta = json.loads((tmp_path / "agent" / "agent.json").read_text())
+    assert meta["config"]["network"] == "paper" and meta["data"]["val_queries"] == 6
+    assert load_agent(tmp_path / "agent", target=tiny_llama, k=10).config.k == 10
+    assert (tmp_path / "agent" / "stage1" / "agent.json").exists()  # the "w/o RPO" agent
+
+
+def test_a_killed_run_resumes_to_the_same_agent(tiny_llama, train_file, tmp_path, monkeypatch):
+    import rsd_rerank.training.trainer as train_module
+
+    requests = read_requests(train_file)[:12]
+    config = TrainConfig(
+        agent=AgentConfig("equivariant", hidden=16, layers=1),
+        budget=2,
+        group=3,
+        stage1_epochs=1,
+        rpo_epochs=1,
+        rpo_queries=8,
+        batch=2,
+        save_every=4,
+        val_queries=2,
+        seed=3,
+    )
+    whole = train(tiny_llama, requests, tmp_path / "whole", config)
+
+    calls = {"n": 0}
+    real = train_module.rpo_loss
+
+    def dies_at_the_sixth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "rpo_loss", dies_at_the_sixth)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_llama, requests, tmp_path / "killed", config)
+    monkeypatch.setattr(train_module, "rpo_loss", real)
+    with pytest.raises(ValueError, match="--resume"):
+        train(tiny_llama, requests, tmp_path / "killed", config)
+    resumed = train(tiny_llama, requests, tmp_path / "killed", config, resume=True)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_target_cache_is_reused_and_keyed_by_prompt(tiny_llama, train_file, tmp_path):
+    from rsd_rerank.prompt import PromptConfig
+
+    requests = read_requests(train_file)[:2]
+    first = cached_queries(tiny_llama, requests, PromptConfig(), 2, tmp_path)
+    files = sorted(tmp_path.rglob("*.safetensors"))
+    again = cached_queries(tiny_llama, requests, PromptConfig(), 2, tmp_path)
+    assert sorted(tmp_path.rglob("*.safetensors")) == files and len(files) == 2
+    assert all(torch.equal(a.target, b.target) for a, b in zip(first, again, strict=True))
+    cached_queries(tiny_llama, requests, PromptConfig(max_passage_words=20), 2, tmp_path)
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 4
+
+
+def test_train_cli_errors(train_file, tmp_path, capsys):
+    args = ["train", "--model", "random-llama", "--requests", str(train_file), "--out", str(tmp_path / "a")]
+    assert main([*args, "--val-queries", "24"]) == 2
+    assert "leave none to train on" in capsys.readouterr().err
+    assert main([*args[:4], "--requests", str(tmp_path / "none.jsonl"), "--out", "x"]) == 2
+    assert "cannot read requests file" in capsys.readouterr().err
