@@ -57,7 +57,8 @@ def evaluate(qrels: list | None, run: dict[str, dict[str, float]]) -> tuple[dict
     judged = {q: docs for q, docs in run.items() if q in judged_qids}
     if not judged:
         return {}, unjudged
-    values = ir_measures.calc_aggregate(_measures(), qrels, judged)
+    # Only the run's queries: qrels of queries not run (e.g. beyond --queries) would count as zeros.
+    values = ir_measures.calc_aggregate(_measures(), [q for q in qrels if q.query_id in judged], judged)
     return {str(m): float(v) for m, v in values.items()}, unjudged
 
 
