@@ -12,6 +12,13 @@ from rsd_rerank.cli import main
 
 SCIFACT = Path(os.environ.get("IR_DATASETS_HOME", Path.home() / ".ir_datasets")) / "beir" / "scifact" / "source.zip"
 CLI = [sys.executable, "-m", "rsd_rerank.cli"]
+# Every HTTP(S) request through a proxy that refuses connections: no network, whatever this machine has.
+NO_NETWORK = {
+    **os.environ,
+    **{k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
+    "no_proxy": "",
+    "NO_PROXY": "",
+}
 
 
 @pytest.mark.skipif(not SCIFACT.exists(), reason="SciFact not in the ir_datasets cache (scripts/setup.sh seeds it)")
@@ -19,15 +26,42 @@ def test_scifact_bm25_reproduces_anserini_in_a_fresh_process(tmp_path):
     # A fresh interpreter: Java, the JVM options and the catalog fallback must all come from our code.
     # This machine has no network, so the catalog fetch fails here for real.
     index, run = tmp_path / "idx", tmp_path / "bm25.trec"
-    subprocess.run([*CLI, "index", "--dataset", "beir/scifact", "--index", str(index)], check=True)
+    subprocess.run([*CLI, "index", "--dataset", "beir/scifact", "--index", str(index)], check=True, env=NO_NETWORK)
     out = subprocess.run(
         [*CLI, "retrieve", "--index", str(index), "--dataset", "beir/scifact/test", "--output", str(run)],
         check=True,
         capture_output=True,
         text=True,
+        env=NO_NETWORK,
     ).stdout
     assert "nDCG@10\t0.6789" in out and "R@100\t0.9253" in out and "R@1000\t0.9767" in out
     assert len({line.split()[0] for line in run.read_text().splitlines()}) == 300
+
+
+def test_catalog_fallback_only_when_the_fetch_fails(monkeypatch):
+    import io
+    import urllib.error
+    import urllib.request
+
+    from rsd_rerank.integrations import pyserini as adapter
+
+    catalog = adapter._CATALOG_URL + "master/x.json"
+    calls = []
+
+    def fake(url, *args, **kwargs):
+        calls.append(url)
+        if "offline" in url:
+            raise urllib.error.URLError("no route")
+        return io.BytesIO(b"real catalog")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake)
+    adapter._patch_catalog_fetch()
+    assert urllib.request.urlopen(catalog).read() == b"real catalog"  # with a network: untouched
+    placeholders = json.loads(urllib.request.urlopen(catalog + "?offline").read())
+    assert placeholders and all(r["urls"] == [] for r in placeholders)
+    with pytest.raises(urllib.error.URLError):  # other URLs keep failing as they should
+        urllib.request.urlopen("https://example.org/offline")
+    assert len(calls) == 3
 
 
 def test_local_corpus_and_topics_without_qrels(tmp_path, capsys):
