@@ -72,6 +72,15 @@ def _state(b=3, t=2, k=6, seed=0):
     return Round(matrices[0, 0, 0], rankings, matrices, torch.tensor([0, 2, 1][:b]))
 
 
+def _random_agent(seed: int) -> Agent:
+    """An equivariant agent with random weights everywhere: away from its consensus start."""
+    torch.manual_seed(seed)
+    agent = Agent(AgentConfig("equivariant"))
+    for p in agent.parameters():
+        p.data.normal_(0, 0.3)
+    return agent
+
+
 @pytest.mark.parametrize("network", ["paper", "equivariant", "mlp"])
 def test_networks_score_every_item(network):
     state = _state(k=10)
@@ -80,10 +89,7 @@ def test_networks_score_every_item(network):
 
 
 def test_equivariant_network_follows_a_relabelling_of_items_and_serves_any_k():
-    torch.manual_seed(0)
-    agent = Agent(AgentConfig("equivariant"))
-    for p in agent.parameters():  # leave the consensus start: a random net must still be equivariant
-        p.data.normal_(0, 0.3)
+    agent = _random_agent(0)
     state = _state(k=7)
     perm = torch.randperm(7)  # new index of old item i is inv[i]
     inv = torch.argsort(perm)
@@ -111,10 +117,7 @@ def test_kl_is_zero_when_policy_equals_reference():
 def test_rpo_gradient_is_zero_when_every_advantage_is_zero(tiny_llama, query_docs):
     query, docs = query_docs[0]
     session = TargetSession(tiny_llama, query, docs[:8])
-    torch.manual_seed(0)
-    agent = Agent(AgentConfig("equivariant"))
-    for p in agent.parameters():
-        p.data.normal_(0, 0.3)
+    agent = _random_agent(0)
     reference = copy.deepcopy(agent)
     # every trajectory greedy: equal returns, zero advantages; policy = reference: KL at its minimum
     decoded = decode(session, AgentProposer(agent), 3, trajectories=5)
@@ -129,10 +132,7 @@ def test_rpo_gradient_is_zero_when_every_advantage_is_zero(tiny_llama, query_doc
 def test_rollout_row_zero_is_the_greedy_reference(tiny_llama, query_docs):
     query, docs = query_docs[1]
     session = TargetSession(tiny_llama, query, docs[:10])
-    torch.manual_seed(1)
-    agent = Agent(AgentConfig("equivariant"))
-    for p in agent.parameters():
-        p.data.normal_(0, 0.3)
+    agent = _random_agent(1)
     g = torch.Generator().manual_seed(0)
     sampled = decode(session, AgentProposer(agent, g, greedy_rows=1), 4, trajectories=6)
     greedy = decode(session, AgentProposer(agent), 4)
