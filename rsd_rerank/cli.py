@@ -205,20 +205,28 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from rsd_rerank.targets import load_target
     from rsd_rerank.training import TrainConfig, train
 
+    requests = read_requests(args.requests)
+    ks = sorted({len(r.candidates) for r in requests})
+    if args.network != "equivariant" and len(ks) != 1:
+        raise ValueError(f"the {args.network!r} network is tied to one list length; the requests have {ks}")
     config = TrainConfig(
-        agent=AgentConfig(network=args.network, temperature=args.temperature),
+        agent=AgentConfig(
+            args.network, k=None if args.network == "equivariant" else ks[0], temperature=args.temperature
+        ),
         prompt=_prompt_config(args),
         budget=args.budget,
         group=args.group,
         stage1_epochs=args.stage1_epochs,
         rpo_epochs=args.rpo_epochs,
         rpo_queries=args.rpo_queries,
+        stage1_lr=args.stage1_lr,
+        rpo_lr=args.rpo_lr,
+        batch=args.batch,
         advantage=args.advantage,
         beta=args.beta,
         val_queries=args.val_queries,
         seed=args.seed,
     )
-    requests = read_requests(args.requests)
     agent = train(load_target(args.model), requests, args.out, config, resume=args.resume)
     for budget, m in agent.metadata["validation"].items():
         print(f"validation {budget}: KT {m['KT']:.4f} SR {m['SR']:.4f} FD {m['FD']:.2f} KD {m['KD']:.2f}")
@@ -291,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage1-epochs", type=int, default=defaults.stage1_epochs)
     p.add_argument("--rpo-epochs", type=int, default=defaults.rpo_epochs, help="0: Stage I only ('w/o RPO')")
     p.add_argument("--rpo-queries", type=int, default=defaults.rpo_queries, help="RL queries per epoch (default all)")
+    p.add_argument("--stage1-lr", type=float, default=defaults.stage1_lr)
+    p.add_argument("--rpo-lr", type=float, default=defaults.rpo_lr)
+    p.add_argument("--batch", type=int, default=defaults.batch, help="queries per Adam step")
     p.add_argument("--advantage", choices=ADVANTAGES, default=defaults.advantage)
     p.add_argument("--beta", type=float, default=defaults.beta, help="KL weight")
     p.add_argument("--val-queries", type=int, default=defaults.val_queries)

@@ -48,7 +48,7 @@ learned agent, ``rsd_rerank.agent``)."""
 class DecodingConfig:
     """How a candidate list is decoded."""
 
-    method: str = "gsd"
+    method: str = "rsd"
     """One of ``METHODS``."""
     budget: int = 5
     """T: LLM verification passes after the prompt (ignored by ``greedy`` and ``std``)."""

@@ -35,7 +35,7 @@ def _windows_by_hand(target, request, window=20, stride=10):
         start = max(start - stride, 0)
 
 
-@pytest.mark.parametrize(("method", "budget"), [("gsd", 20), ("greedy", 0)])
+@pytest.mark.parametrize(("method", "budget"), [("gsd", 20), ("rsd", 20), ("greedy", 0)])
 def test_reranker_windows_equal_the_greedy_target(tiny_llama, long_request, tmp_path, method, budget):
     reranker = Reranker(RSDReranker(tiny_llama, method=method, budget=budget))
     (result,) = reranker.rerank_batch([copy.deepcopy(long_request)], rank_end=100)
@@ -43,7 +43,7 @@ def test_reranker_windows_equal_the_greedy_target(tiny_llama, long_request, tmp_
     assert len(result.invocations_history) == 2  # windows [10, 30) and [0, 20)
     usage = result.invocations_history[0].token_usage
     assert usage["method"] == method and usage["prompt_tokens"] > 0
-    if method == "gsd":
+    if method in ("gsd", "rsd"):
         assert usage["accepted"][-1] == 20 and usage["passes"] <= 20
 
     run = tmp_path / "run.trec"
@@ -54,14 +54,17 @@ def test_reranker_windows_equal_the_greedy_target(tiny_llama, long_request, tmp_
     assert all(a > b for a, b in zip(scores, scores[1:], strict=False))
 
 
-def test_embedded_model_default_and_budgeted_gsd(smollm2, requests_json):
+def test_embedded_model_default_is_rsd_with_its_bundled_agent(smollm2, requests_json):
     request = Request(
         query=Query(**requests_json[1]["query"]),
         candidates=[Candidate(**c) for c in requests_json[1]["candidates"]],
     )
-    (result,) = Reranker(RSDReranker(smollm2, method="gsd", budget=2)).rerank_batch([request], rank_end=20)
+    reranker = RSDReranker(smollm2, budget=2)
+    assert reranker._decoding.method == "rsd"
+    (result,) = Reranker(reranker).rerank_batch([request], rank_end=20)
     assert sorted(c.docid for c in result.candidates) == sorted(c.docid for c in request.candidates)
-    assert result.invocations_history[0].token_usage["passes"] == 2
+    usage = result.invocations_history[0].token_usage
+    assert usage["passes"] == 2 and usage["method"] == "rsd"
 
 
 def test_adapter_input_errors(tiny_llama, long_request):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -142,10 +142,10 @@ def train(
         raise ValueError(f"{out} holds a training run; pass --resume to continue it or choose another --out")
     ks = {len(r.candidates) for r in requests}
     agent_config = config.agent
-    if agent_config.network != "equivariant":
-        if len(ks) != 1:
-            raise ValueError(f"the {agent_config.network!r} network needs lists of one length, got {sorted(ks)}")
-        agent_config = replace(agent_config, k=ks.pop())
+    if agent_config.k is not None and ks != {agent_config.k}:
+        raise ValueError(
+            f"the {agent_config.network!r} network ranks K = {agent_config.k}, the lists have {sorted(ks)}"
+        )
     if len(requests) <= config.val_queries:
         raise ValueError(f"{len(requests)} requests leave none to train on after {config.val_queries} for validation")
 
