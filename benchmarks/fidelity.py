@@ -95,6 +95,12 @@ def summarise(args, target_name: str, records: list[dict]) -> dict:
             diff = per_claim[(method, PAIRED_BUDGET)] - per_claim[(baseline, PAIRED_BUDGET)]
             mean, lo, hi = bootstrap(diff, rng)
             paired.append({"method": method, "baseline": baseline, "T": PAIRED_BUDGET, "KT_diff": [mean, lo, hi]})
+    for pair in args.pair:
+        method, _, baseline = pair.partition(":")
+        diff = per_claim[(method, PAIRED_BUDGET)] - per_claim[(baseline, PAIRED_BUDGET)]
+        paired.append(
+            {"method": method, "baseline": baseline, "T": PAIRED_BUDGET, "KT_diff": list(bootstrap(diff, rng))}
+        )
     return {
         "target": target_name,
         "claims": len(records),
@@ -153,6 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[1, 3, 5, 7])
     p.add_argument("--agent", action="append", default=[], help="NAME=CHECKPOINT (dir or bundled name); repeat")
+    p.add_argument("--pair", action="append", default=[], help="A:B, also report the paired KT difference A - B")
     p.add_argument("--max-passage-words", type=int, default=PromptConfig.max_passage_words)
     p.add_argument("--out", type=Path, required=True, help="output stem: writes .json, .md, .claims.jsonl")
     args = p.parse_args(argv)

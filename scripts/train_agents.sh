@@ -38,6 +38,8 @@ python benchmarks/fidelity.py --target random-llama --queries 100 --requests "$T
     --agent rsd-paper-stage1=$AGENTS/random-llama-paper/stage1 \
     --agent rsd-mlp=$AGENTS/random-llama-mlp \
     --agent rsd-mlp-stage1=$AGENTS/random-llama-mlp/stage1 \
+    --pair rsd-equivariant:rsd-equivariant-stage1 --pair rsd-equivariant-group:rsd-equivariant-stage1 \
+    --pair rsd-equivariant:rsd-paper --pair rsd-paper:rsd-paper-stage1 --pair rsd-mlp:rsd-mlp-stage1 \
     --out benchmarks/results/fidelity-random-llama
 
 # The embedded SmolLM2 (an easy target): 120 training claims, passages cut to 40 words for CPU time.
@@ -47,4 +49,10 @@ train $AGENTS/smollm2-equivariant --model smollm2 --requests data/scifact/train1
 python benchmarks/fidelity.py --target smollm2 --queries 100 --requests "$TEST" --max-passage-words 40 \
     --agent rsd-equivariant=$AGENTS/smollm2-equivariant \
     --agent rsd-equivariant-stage1=$AGENTS/smollm2-equivariant/stage1 \
+    --pair rsd-equivariant:rsd-equivariant-stage1 \
     --out benchmarks/results/fidelity-smollm2
+# The bundled agents: the full method (Stage I + RPO, reference advantage), equivariant network.
+for t in random-llama smollm2; do
+    mkdir -p rsd_rerank/checkpoints/$t
+    cp $AGENTS/$t-equivariant/agent.json $AGENTS/$t-equivariant/model.safetensors rsd_rerank/checkpoints/$t/
+done
