@@ -134,7 +134,7 @@ class RSDReranker(ListwiseRankLLM):
             "method": self._decoding.method,
             "budget": self._decoding.budget,
             "passes": trace.passes,
-            "accepted": [a[0] for a in trace.accepted],
+            "accepted": trace.accepted_of(),
             "prefill_seconds": trace.prefill_seconds,
             "decode_seconds": trace.decode_seconds,
         }

@@ -55,7 +55,7 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
         t = r.trace
         tqdm.write(
             f"qid {r.qid}: K={len(r.docids)} prompt={r.prompt_tokens} tok, passes={t.passes}, "
-            f"prefill {t.prefill_seconds:.2f}s, decode {t.decode_seconds:.2f}s, i*={[a[0] for a in t.accepted]}"
+            f"prefill {t.prefill_seconds:.2f}s, decode {t.decode_seconds:.2f}s, i*={t.accepted_of()}"
         )
     write_trec(
         args.output, ranked, tag=f"rsd-rerank.{args.method}{'' if args.method in ('greedy', 'std') else args.budget}"

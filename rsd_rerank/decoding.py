@@ -130,6 +130,10 @@ class Trace:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
 
+    def accepted_of(self, trajectory: int = 0) -> list[int]:
+        """i* of each round for one trajectory (the only one when ranking a single query)."""
+        return [round_[trajectory] for round_ in self.accepted]
+
 
 @dataclass(frozen=True)
 class Step:
