@@ -111,5 +111,5 @@ def test_train_cli_errors(train_file, tmp_path, capsys):
     args = ["train", "--model", "random-llama", "--requests", str(train_file), "--out", str(tmp_path / "a")]
     assert main([*args, "--val-queries", "24"]) == 2
     assert "leave none to train on" in capsys.readouterr().err
-    assert main([*args[:4], "--requests", str(tmp_path / "none.jsonl"), "--out", "x"]) == 2
+    assert main([*args[:3], "--requests", str(tmp_path / "none.jsonl"), "--out", "x"]) == 2
     assert "cannot read requests file" in capsys.readouterr().err
