@@ -29,6 +29,8 @@ train $AGENTS/random-llama-equivariant "${RL[@]}" --network equivariant
 train $AGENTS/random-llama-equivariant-group "${RL[@]}" --network equivariant --advantage group
 train $AGENTS/random-llama-paper "${RL[@]}" --network paper
 train $AGENTS/random-llama-mlp "${RL[@]}" --network mlp
+train $AGENTS/random-llama-paper-group "${RL[@]}" --network paper --advantage group
+train $AGENTS/random-llama-mlp-group "${RL[@]}" --network mlp --advantage group
 
 python benchmarks/fidelity.py --target random-llama --queries 100 --requests "$TEST" \
     --agent rsd-equivariant=$AGENTS/random-llama-equivariant \
@@ -38,8 +40,11 @@ python benchmarks/fidelity.py --target random-llama --queries 100 --requests "$T
     --agent rsd-paper-stage1=$AGENTS/random-llama-paper/stage1 \
     --agent rsd-mlp=$AGENTS/random-llama-mlp \
     --agent rsd-mlp-stage1=$AGENTS/random-llama-mlp/stage1 \
+    --agent rsd-paper-group=$AGENTS/random-llama-paper-group \
+    --agent rsd-mlp-group=$AGENTS/random-llama-mlp-group \
     --pair rsd-equivariant:rsd-equivariant-stage1 --pair rsd-equivariant-group:rsd-equivariant-stage1 \
     --pair rsd-equivariant:rsd-paper --pair rsd-paper:rsd-paper-stage1 --pair rsd-mlp:rsd-mlp-stage1 \
+    --pair rsd-paper-group:rsd-paper-stage1 --pair rsd-mlp-group:rsd-mlp-stage1 \
     --out benchmarks/results/fidelity-random-llama
 
 # The embedded SmolLM2 (an easy target): 120 training claims, passages cut to 40 words for CPU time.
