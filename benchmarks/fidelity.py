@@ -41,15 +41,14 @@ def bootstrap(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tu
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def run_claims(args, target, requests, proposers, done: dict) -> None:
-    prompt = PromptConfig(max_passage_words=args.max_passage_words)
+def run_claims(args, target, requests, prompt: PromptConfig, proposers, done: dict) -> None:
     t_max = max(args.budgets)
     with open(args.claims, "a") as log:
         for request in tqdm(requests, desc=f"fidelity {target.name}", unit="claim"):
             qid = str(request.query.qid)
             if qid in done:
                 continue
-            session = TargetSession(target, request.query.text, [c.doc for c in request.candidates], prompt)
+            session = TargetSession.from_request(target, request, prompt)
             greedy = session.greedy_ranking()
             k = session.k
             record = {"qid": qid, "target": greedy, "k": k, "methods": {}}
@@ -183,17 +182,15 @@ def main(argv=None) -> int:
             if set(record["methods"]) == set(proposers):
                 done[record["qid"]] = record
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    run_claims(args, target, requests, proposers, done)
+    prompt = PromptConfig(max_passage_words=args.max_passage_words)
+    run_claims(args, target, requests, prompt, proposers, done)
     records = [done[str(r.query.qid)] for r in requests]
     summary = summarise(args, target.name, records)
 
     exploration = None
     if agents:
         first = next(iter(agents.values()))
-        r = requests[0]
-        session = TargetSession(
-            target, r.query.text, [c.doc for c in r.candidates], PromptConfig(max_passage_words=args.max_passage_words)
-        )
+        session = TargetSession.from_request(target, requests[0], prompt)
         state = decode(session, PROPOSERS["gsd"](), 1).steps[0].state
         with torch.no_grad():
             exploration = exploration_report(first(state)[0])

@@ -228,7 +228,7 @@ def compare(
 def _compare_query(target, request, methods, budgets, prompt, agent) -> list[dict]:
     docids = [str(c.docid) for c in request.candidates]
     check_candidates(docids)
-    session = TargetSession(target, request.query.text, [c.doc for c in request.candidates], prompt)
+    session = TargetSession.from_request(target, request, prompt)
     start = time.perf_counter()
     greedy = session.greedy_ranking()
     greedy_seconds = time.perf_counter() - start

@@ -91,7 +91,7 @@ def rerank_request(target: Target, request, decoding: DecodingConfig, prompt: Pr
     qid = str(request.query.qid)
     if len(docids) == 1:
         return Reranked(qid, docids, Trace(), 0)
-    session = TargetSession(target, request.query.text, [c.doc for c in request.candidates], prompt)
+    session = TargetSession.from_request(target, request, prompt)
     decoded: Decoded = rank(session, decoding)
     return Reranked(qid, [docids[i] for i in decoded.ranking], decoded.trace, session.prompt_tokens)
 

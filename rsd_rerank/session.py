@@ -82,6 +82,11 @@ class TargetSession:
         self._prefill(target, build_prompt(target.tokenizer, query, docs, config, max_tokens=target.max_positions))
 
     @classmethod
+    def from_request(cls, target: Target, request: Any, config: PromptConfig = PromptConfig()) -> TargetSession:
+        """A session on a RankLLM ``Request`` (its query text and its candidates' docs)."""
+        return cls(target, request.query.text, [c.doc for c in request.candidates], config)
+
+    @classmethod
     def from_prompt(cls, target: Target, prompt: Prompt) -> TargetSession:
         """A session on a ready prompt (e.g. RankLLM's messages through ``prompt_from_messages``)."""
         session = cls.__new__(cls)

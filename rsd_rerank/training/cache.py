@@ -61,7 +61,7 @@ def _key(fingerprint: str, prompt: PromptConfig, budget: int, request) -> str:
 
 
 def _compute(target: Target, request, prompt: PromptConfig, budget: int) -> dict[str, torch.Tensor]:
-    session = TargetSession(target, request.query.text, [c.doc for c in request.candidates], prompt)
+    session = TargetSession.from_request(target, request, prompt)
     decoded = decode(session, ConsensusProposer(), budget)
     k = session.k
     if decoded.steps:

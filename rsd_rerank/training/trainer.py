@@ -186,7 +186,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         log.info("resuming at %s epoch %d query %d", progress["stage"], progress["epoch"], progress["position"])
 
-    val_sessions = [TargetSession(target, r.query.text, [c.doc for c in r.candidates], config.prompt) for r in val_req]
+    val_sessions = [TargetSession.from_request(target, r, config.prompt) for r in val_req]
 
     def record(stage: str, epoch: int, extra: dict) -> None:
         metrics = validate(agent, val_sessions, val_q) if val_q else {}
@@ -235,7 +235,7 @@ def train(
         while progress["position"] < n_rl:
             i = int(order[progress["position"]])
             request, q = train_req[i], train_q[i]
-            session = TargetSession(target, request.query.text, [c.doc for c in request.candidates], config.prompt)
+            session = TargetSession.from_request(target, request, config.prompt)
             agent.eval()
             proposer = AgentProposer(agent, _generator(config.seed, 3, epoch, i), greedy_rows=1)
             decoded = decode(session, proposer, config.budget, trajectories=1 + config.group)
