@@ -39,8 +39,10 @@ import torch
 from torch import nn
 
 from rsd_rerank.decoding import Round, consensus_scores, rejected_row
+from rsd_rerank.session import accepted_length, greedy_choices
 
 __all__ = [
+    "K_TIED",
     "NETWORKS",
     "Agent",
     "AgentConfig",
@@ -57,6 +59,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NETWORKS = ("paper", "equivariant", "mlp")
+K_TIED = ("paper", "mlp")
+"""Networks whose inputs or outputs have one slot per identifier: they serve a single list length K."""
 
 # Log-probabilities of a near-impossible identifier can reach -1e2 and beyond; past -30 the value
 # carries no ranking information and would only dominate the inputs' scale.
@@ -83,7 +87,7 @@ class AgentConfig:
     def __post_init__(self):
         if self.network not in NETWORKS:
             raise ValueError(f"unknown agent network {self.network!r}; choose from {', '.join(NETWORKS)}")
-        if self.network in ("paper", "mlp") and (self.k is None or self.k < 2):
+        if self.network in K_TIED and (self.k is None or self.k < 2):
             raise ValueError(f"the {self.network!r} network is tied to one list length: give k >= 2")
         if self.network == "paper" and self.k % 5:
             raise ValueError(f"the paper's network has 5 heads over hidden = K; K = {self.k} is not a multiple of 5")
@@ -150,8 +154,6 @@ def item_features(state: Round) -> torch.Tensor:
 
 def _accepted_per_round(state: Round) -> torch.Tensor:
     """[B, t] i* of every round, recomputed from the matrices (the Round stores only the latest)."""
-    from rsd_rerank.session import accepted_length, greedy_choices
-
     b, t, k, _ = state.matrices.shape
     r = state.rankings.reshape(b * t, k)
     greedy = greedy_choices(r, state.matrices.reshape(b * t, k, k))
@@ -298,11 +300,15 @@ def load_agent(directory: str | os.PathLike, target=None, k: int | None = None) 
     A different target with the same tokenizer (the paper's "adaptation") loads with a warning.
     """
     fingerprint = None if target is None else tokenizer_fingerprint(target.tokenizer)
-    return _load(str(directory), None if target is None else target.name, fingerprint, k)
+    weights = Path(directory) / "model.safetensors"
+    # The file's mtime is part of the cache key: a checkpoint rewritten in the same process (training,
+    # then loading) is read again, while ranking query after query reads it once.
+    mtime = weights.stat().st_mtime_ns if weights.exists() else None
+    return _load(str(directory), None if target is None else target.name, fingerprint, k, mtime)
 
 
 @functools.lru_cache(maxsize=16)
-def _load(directory: str, target_name: str | None, fingerprint: str | None, k: int | None) -> Agent:
+def _load(directory: str, target_name: str | None, fingerprint: str | None, k: int | None, mtime: int | None) -> Agent:
     from safetensors.torch import load_file
 
     path = Path(directory)
@@ -376,12 +382,18 @@ def resolve_agent(agent: str | os.PathLike | None, target, k: int) -> Agent:
     return load_agent(path.resolve(), target=target, k=k)
 
 
-def _default_bundled(target) -> str:
-    metas = {
+@functools.cache
+def _bundled_metadata() -> dict[str, dict]:
+    """Each bundled agent's ``agent.json``, read once: they are package files and do not change."""
+    return {
         p.name: json.loads((p / "agent.json").read_text())
         for p in sorted(BUNDLED.glob("*"))
         if (p / "agent.json").exists()
     }
+
+
+def _default_bundled(target) -> str:
+    metas = _bundled_metadata()
     for name, meta in metas.items():
         if meta.get("target") == target.name:
             return name

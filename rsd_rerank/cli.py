@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from rsd_rerank.agent import NETWORKS
+from rsd_rerank.agent import K_TIED, NETWORKS
 from rsd_rerank.decoding import METHODS, DecodingConfig
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.training.rpo import ADVANTAGES
@@ -207,12 +207,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     requests = read_requests(args.requests)
     ks = sorted({len(r.candidates) for r in requests})
-    if args.network != "equivariant" and len(ks) != 1:
+    tied = args.network in K_TIED
+    if tied and len(ks) != 1:
         raise ValueError(f"the {args.network!r} network is tied to one list length; the requests have {ks}")
     config = TrainConfig(
-        agent=AgentConfig(
-            args.network, k=None if args.network == "equivariant" else ks[0], temperature=args.temperature
-        ),
+        agent=AgentConfig(args.network, k=ks[0] if tied else None, temperature=args.temperature),
         prompt=_prompt_config(args),
         budget=args.budget,
         group=args.group,

@@ -157,6 +157,12 @@ def test_checkpoint_round_trip_reproduces_scores(tmp_path, tiny_llama):
     state = _state(k=10)
     assert torch.equal(loaded(state), agent.eval()(state))
     assert loaded.config == agent.config
+    # rewritten in the same process (train, then load): the new weights, not a cached copy
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(1.0)
+    save_agent(agent, tmp_path / "a")
+    assert torch.equal(load_agent(tmp_path / "a", target=tiny_llama, k=10)(state), agent(state))
 
 
 def test_mismatched_checkpoints_are_clear_errors(tmp_path, tiny_llama, caplog):

@@ -113,3 +113,10 @@ def test_train_cli_errors(train_file, tmp_path, capsys):
     assert "leave none to train on" in capsys.readouterr().err
     assert main([*args[:3], "--requests", str(tmp_path / "none.jsonl"), "--out", "x"]) == 2
     assert "cannot read requests file" in capsys.readouterr().err
+    mixed = tmp_path / "mixed.jsonl"
+    lines = train_file.read_text().splitlines()
+    short = json.loads(lines[1])
+    short["candidates"] = short["candidates"][:5]
+    mixed.write_text(lines[0] + "\n" + json.dumps(short) + "\n")
+    assert main([*args[:3], "--requests", str(mixed), "--out", str(tmp_path / "m"), "--network", "paper"]) == 2
+    assert "tied to one list length; the requests have [5, 10]" in capsys.readouterr().err

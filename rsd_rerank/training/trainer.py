@@ -169,7 +169,7 @@ def train(
         "data": {
             "train_queries": len(train_q),
             "val_queries": len(val_q),
-            "k": sorted({len(r.candidates) for r in requests}),
+            "k": sorted(ks),
         },
     }
     agent = Agent(agent_config, metadata)
