@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rsd_rerank.decoding import DecodingConfig, initial_ranking, rank
 from rsd_rerank.metrics import footrule, kemeny, kendall_tau, spearman_rho
 from rsd_rerank.prompt import PromptConfig, chat_ids, check_candidates, ranking_text
-from rsd_rerank.runs import atomic_write, request_records, rerank_request
+from rsd_rerank.runs import atomic_write, rerank_request
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
 
@@ -45,9 +45,11 @@ def _measures():
     return [ir_measures.nDCG @ 10, ir_measures.RR @ 10, ir_measures.R @ 20]
 
 
-def evaluate(qrels: list | None, run: dict[str, dict[str, float]]) -> tuple[dict[str, float], list[str]] | None:
-    """Mean nDCG@10, MRR@10 (RR@10) and R@20 over the run's judged queries, and the qids left out
-    because the qrels judge nothing for them; None without qrels."""
+def evaluate(
+    qrels: list | None, run: dict[str, dict[str, float]], measures: list | None = None
+) -> tuple[dict[str, float], list[str]] | None:
+    """Means of ``measures`` (default nDCG@10, MRR@10 as RR@10, R@20) over the run's judged queries,
+    and the qids left out because the qrels judge nothing for them; None without qrels."""
     import ir_measures
 
     if qrels is None:
@@ -58,7 +60,7 @@ def evaluate(qrels: list | None, run: dict[str, dict[str, float]]) -> tuple[dict
     if not judged:
         return {}, unjudged
     # Only the run's queries: qrels of queries not run (e.g. beyond --queries) would count as zeros.
-    values = ir_measures.calc_aggregate(_measures(), [q for q in qrels if q.query_id in judged], judged)
+    values = ir_measures.calc_aggregate(measures or _measures(), [q for q in qrels if q.query_id in judged], judged)
     return {str(m): float(v) for m, v in values.items()}, unjudged
 
 
@@ -67,15 +69,13 @@ def candidate_requests(index: str | os.PathLike, topics: dict[str, str], hits: i
     from dacite import from_dict
     from rank_llm.data import Request
 
-    from rsd_rerank.integrations.pyserini import bm25, stored_contents
+    from rsd_rerank.integrations.pyserini import bm25, request_dicts
 
     runs = bm25(index, topics, hits)
     empty = [qid for qid, found in runs.items() if not found]
     if empty:
         log.warning("%d queries have no BM25 hits and are left out: %s", len(empty), ", ".join(empty[:10]))
-    top = {d for found in runs.values() for d, _ in found[:depth]}
-    records = request_records(runs, topics, stored_contents(index, top), depth)
-    return runs, [from_dict(data_class=Request, data=r) for r in records]
+    return runs, [from_dict(data_class=Request, data=r) for r in request_dicts(index, runs, topics, depth)]
 
 
 def _read_run(path: Path) -> dict[str, list[str]]:
@@ -120,6 +120,7 @@ def pipeline(
         ValueError: ``output`` exists and ``resume`` is off (nothing written is ever overwritten
             silently), or ``rerank_top`` < 1.
     """
+    from rsd_rerank.integrations.pyserini import bm25
     from rsd_rerank.integrations.rank_llm import RSDReranker
 
     output = Path(output)
@@ -149,14 +150,16 @@ def pipeline(
             order = rerank_request(target, request, decoding, prompt).docids
         else:
             order = [c.docid for c in windows.rerank_batch([request], rank_end=rerank_top)[0].candidates]
-        full = order + [d for d, _ in runs[qid] if d not in set(order)]
+        reranked = set(order)
+        full = order + [d for d, _ in runs[qid] if d not in reranked]
         lines[qid] = [f"{qid} Q0 {d} {r} {len(full) - r + 1} {tag}" for r, d in enumerate(full, start=1)]
         atomic_write(output, "".join(ln + "\n" for q in lines for ln in lines[q]))
     metrics, unjudged = None, []
     evaluated = evaluate(qrels, _as_run(lines))
     if evaluated is not None:
         reranked_metrics, unjudged = evaluated
-        bm25_runs = runs if not done else candidate_requests(index, {q: topics[q] for q in lines}, hits, 1)[0]
+        # BM25 beside it over the same queries; those resumed from the run file are searched again.
+        bm25_runs = {**(bm25(index, {q: topics[q] for q in done if q in topics}, hits) if done else {}), **runs}
         bm25_metrics, _ = evaluate(qrels, {q: dict(found) for q, found in bm25_runs.items() if q in lines})
         metrics = {"BM25": bm25_metrics, tag: reranked_metrics}
     return PipelineResult(len(requests), len(done), metrics, unjudged)

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["bm25", "index_corpus", "lucene", "offline_catalog_records", "stored_contents"]
+__all__ = ["bm25", "index_corpus", "lucene", "offline_catalog_records", "request_dicts", "stored_contents"]
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,16 @@ def stored_contents(index_dir: str | os.PathLike, docids: set[str]) -> dict[str,
             raise ValueError(f"{index_dir} stores no raw text for document {docid!r} (index with -storeRaw)")
         out[docid] = json.loads(raw).get("contents", raw)
     return out
+
+
+def request_dicts(
+    index_dir: str | os.PathLike, runs: dict[str, list[tuple[str, float]]], topics: dict[str, str], depth: int
+) -> list[dict]:
+    """RankLLM request dicts of each query's top ``depth`` hits, with the text the index stores."""
+    from rsd_rerank.runs import request_records
+
+    top = {d for found in runs.values() for d, _ in found[:depth]}
+    return request_records(runs, topics, stored_contents(index_dir, top), depth)
 
 
 def bm25(index_dir: str | os.PathLike, queries: dict[str, str], hits: int, k1: float = 0.9, b: float = 0.4):

@@ -75,10 +75,11 @@ def _cmd_retrieve(args: argparse.Namespace) -> None:
     import ir_measures
 
     from rsd_rerank.integrations import datasets
-    from rsd_rerank.integrations.pyserini import bm25, stored_contents
-    from rsd_rerank.runs import atomic_write, request_records
+    from rsd_rerank.integrations.evaluation import evaluate
+    from rsd_rerank.integrations.pyserini import bm25, request_dicts
+    from rsd_rerank.runs import atomic_write
 
-    topics = datasets.queries(args.topics or args.dataset)
+    topics, judged = _topics_and_qrels(args)
     if args.exclude:
         held_out = datasets.queries(args.exclude)
         topics = {qid: text for qid, text in topics.items() if qid not in held_out}
@@ -88,18 +89,18 @@ def _cmd_retrieve(args: argparse.Namespace) -> None:
     atomic_write(args.output, "".join(line + "\n" for line in lines))
     print(f"wrote {len(lines)} lines for {len(runs)} queries to {args.output}")
     if args.requests:
-        top = {d for hits in runs.values() for d, _ in hits[: args.candidates]}
-        records = request_records(runs, topics, stored_contents(args.index, top), args.candidates)
+        records = request_dicts(args.index, runs, topics, args.candidates)
         atomic_write(args.requests, "".join(json.dumps(r) + "\n" for r in records))
         print(f"wrote {len(records)} RankLLM requests (top {args.candidates}) to {args.requests}")
-    judged = datasets.qrels(args.qrels) if args.qrels else (datasets.qrels(args.dataset) if args.dataset else None)
-    if judged is None:
+    measures = [ir_measures.nDCG @ 10, ir_measures.R @ 100, ir_measures.R @ 1000]
+    evaluated = evaluate(judged, {qid: dict(hits) for qid, hits in runs.items()}, measures)
+    if evaluated is None:
         print("no qrels for these topics: no metrics")
         return
-    run = {qid: {d: s for d, s in hits} for qid, hits in runs.items()}
-    measures = [ir_measures.nDCG @ 10, ir_measures.R @ 100, ir_measures.R @ 1000]
-    for measure, value in ir_measures.calc_aggregate(measures, judged, run).items():
+    values, unjudged = evaluated
+    for measure, value in values.items():
         print(f"{measure}\t{value:.4f}")
+    _print_unjudged(unjudged)
 
 
 def _topics_and_qrels(args: argparse.Namespace) -> tuple[dict[str, str], list | None]:
@@ -112,13 +113,17 @@ def _topics_and_qrels(args: argparse.Namespace) -> tuple[dict[str, str], list | 
     return topics, judged
 
 
+def _print_unjudged(unjudged: list[str]) -> None:
+    if unjudged:
+        print(f"{len(unjudged)} queries have no judgments and are left out of the metrics: {', '.join(unjudged[:10])}")
+
+
 def _print_metrics(metrics: dict[str, dict[str, float]], unjudged: list[str]) -> None:
     names = list(next(iter(metrics.values())))
     print("run\t" + "\t".join(names))
     for run, values in metrics.items():
         print(run + "\t" + "\t".join(f"{values.get(n, float('nan')):.4f}" for n in names))
-    if unjudged:
-        print(f"{len(unjudged)} queries have no judgments and are left out of the metrics: {', '.join(unjudged[:10])}")
+    _print_unjudged(unjudged)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:
@@ -252,10 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retrieve", help="BM25 (k1 0.9, b 0.4) into a TREC run; metrics where qrels exist")
     p.add_argument("--index", required=True)
-    topics = p.add_mutually_exclusive_group(required=True)
-    topics.add_argument("--dataset", help="ir_datasets id with queries, e.g. beir/scifact/test")
-    topics.add_argument("--topics", help="qid<TAB>text file")
-    p.add_argument("--qrels", help="TREC qrels file (default: the dataset's own)")
+    _add_topic_options(p)
     p.add_argument("--exclude", help="drop the queries of these topics (e.g. beir/scifact/test for training claims)")
     p.add_argument("--hits", type=int, default=1000)
     p.add_argument("--output", required=True, help="TREC run file, written atomically")

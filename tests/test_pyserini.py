@@ -96,6 +96,15 @@ def test_local_corpus_and_topics_without_qrels(tmp_path, capsys):
     assert [line[2] for line in lines if line[0] == "q1"][:1] == ["d0"]
     assert not [line for line in lines if line[0] == "q2"]  # a query with no hits gets no lines
 
+    # Qrels that judge only q1 and a query never run: q2 is named and left out, q9 does not count as zero.
+    qrels = tmp_path / "qrels"
+    qrels.write_text("q1 0 d0 1\nq9 0 d1 1\n")
+    argv = ["retrieve", "--index", str(tmp_path / "idx"), "--topics", str(topics), "--qrels", str(qrels)]
+    assert main([*argv, "--hits", "5", "--output", str(tmp_path / "run2")]) == 0
+    out = capsys.readouterr().out
+    assert "nDCG@10\t1.0000" in out
+    assert "1 queries have no judgments and are left out of the metrics: q2" in out
+
 
 @pytest.mark.parametrize(
     ("argv", "message"),
