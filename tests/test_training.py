@@ -105,6 +105,9 @@ def test_target_cache_is_reused_and_keyed_by_prompt(tiny_llama, train_file, tmp_
     assert all(torch.equal(a.target, b.target) for a, b in zip(first, again, strict=True))
     cached_queries(tiny_llama, requests, PromptConfig(max_passage_words=20), 2, tmp_path)
     assert len(list(tmp_path.rglob("*.safetensors"))) == 4
+    requests[1].candidates = requests[1].candidates[:1]
+    with pytest.raises(ValueError, match="fewer than 2 candidates have no ranking to learn: qids q1"):
+        cached_queries(tiny_llama, requests, PromptConfig(), 2, tmp_path)
 
 
 def test_train_cli_errors(train_file, tmp_path, capsys):

@@ -79,17 +79,24 @@ def _compute(target: Target, request, prompt: PromptConfig, budget: int) -> dict
 def cached_queries(
     target: Target, requests: list, prompt: PromptConfig, budget: int, directory: str | os.PathLike | None = None
 ) -> list[CachedQuery]:
-    """Every request's cache entry, computing the missing ones (tqdm; resumable after a kill)."""
+    """Every request's cache entry, in request order, computing the missing ones (tqdm; resumable after a kill).
+
+    Raises:
+        ValueError: a request with fewer than 2 candidates.
+    """
     from safetensors.torch import load_file, save_file
 
     fingerprint = target_fingerprint(target)
     root = Path(directory) if directory is not None else cache_dir() / "targets"
     root = root / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     root.mkdir(parents=True, exist_ok=True)
+    short = [str(r.query.qid) for r in requests if len(r.candidates) < 2]
+    if short:
+        raise ValueError(
+            f"requests with fewer than 2 candidates have no ranking to learn: qids {', '.join(short[:10])}"
+        )
     out = []
     for request in tqdm(requests, desc=f"target cache ({target.name})", unit="query"):
-        if len(request.candidates) < 2:
-            continue
         path = root / f"{_key(fingerprint, prompt, budget, request)}.safetensors"
         if not path.exists():
             tmp = path.with_suffix(".tmp")

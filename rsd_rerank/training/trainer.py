@@ -138,6 +138,10 @@ def train(
             network, or ``out`` holding a run that ``resume`` was not asked to continue.
     """
     out = Path(out)
+    single = sum(len(r.candidates) < 2 for r in requests)
+    if single:
+        log.warning("%d requests with a single candidate have nothing to rank and are left out", single)
+        requests = [r for r in requests if len(r.candidates) >= 2]
     if (out / "train_state.pt").exists() and not resume:
         raise ValueError(f"{out} holds a training run; pass --resume to continue it or choose another --out")
     ks = {len(r.candidates) for r in requests}
@@ -152,12 +156,10 @@ def train(
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(requests))
     val_idx, train_idx = order[: config.val_queries], order[config.val_queries :]
+    # Aligned with the requests by position: qids may repeat (e.g. one query's several windows).
     cached = cached_queries(target, requests, config.prompt, config.budget)
-    by_qid = {q.qid: q for q in cached}
-    train_req = [requests[i] for i in train_idx if str(requests[i].query.qid) in by_qid]
-    val_req = [requests[i] for i in val_idx if str(requests[i].query.qid) in by_qid]
-    train_q = [by_qid[str(r.query.qid)] for r in train_req]
-    val_q = [by_qid[str(r.query.qid)] for r in val_req]
+    train_req, train_q = [requests[i] for i in train_idx], [cached[i] for i in train_idx]
+    val_req, val_q = [requests[i] for i in val_idx], [cached[i] for i in val_idx]
 
     torch.manual_seed(config.seed)
     metadata = {
