@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rsd_rerank.decoding import DecodingConfig, initial_ranking, rank
+from rsd_rerank.decoding import BUDGETED, DecodingConfig, initial_ranking, rank
 from rsd_rerank.metrics import footrule, kemeny, kendall_tau, spearman_rho
 from rsd_rerank.prompt import PromptConfig, chat_ids, check_candidates, ranking_text
 from rsd_rerank.runs import atomic_write, rerank_request
@@ -36,7 +36,6 @@ COMPARE_METHODS = ("generate", "first", "std", "gsd", "consensus", "rsd", "greed
 """``generate``: free token-by-token generation (RankZephyr-style), parsed by RankLLM;
 ``first``: FIRST-style, items by their first-identifier logit (on one LLM the same order as ``std``,
 which is the decoder's zero-pass path); the rest as in ``rsd_rerank.decoding.METHODS``."""
-BUDGETED = ("gsd", "consensus", "rsd")
 
 
 def _measures():
@@ -131,7 +130,7 @@ def pipeline(
     done = _read_run(output) if output.exists() else {}
     todo = {q: t for q, t in topics.items() if q not in done}
     runs, requests = candidate_requests(index, todo, hits, rerank_top) if todo else ({}, [])
-    tag = f"rsd-rerank.{decoding.method}{decoding.budget if decoding.method in BUDGETED else ''}"
+    tag = decoding.run_tag
     windows = None
     if rerank_top > 20:  # RankLLM's sliding windows (20, stride 10), as RankLLM users run them
         windows = RSDReranker(

@@ -57,9 +57,7 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
             f"qid {r.qid}: K={len(r.docids)} prompt={r.prompt_tokens} tok, passes={t.passes}, "
             f"prefill {t.prefill_seconds:.2f}s, decode {t.decode_seconds:.2f}s, i*={t.accepted_of()}"
         )
-    write_trec(
-        args.output, ranked, tag=f"rsd-rerank.{args.method}{'' if args.method in ('greedy', 'std') else args.budget}"
-    )
+    write_trec(args.output, ranked, tag=decoding.run_tag)
     print(f"wrote {sum(len(r.docids) for r in ranked)} lines for {len(ranked)} queries to {args.output}")
 
 

@@ -23,6 +23,7 @@ import torch
 from rsd_rerank.session import TargetSession, Verification
 
 __all__ = [
+    "BUDGETED",
     "METHODS",
     "Decoded",
     "DecodingConfig",
@@ -42,6 +43,8 @@ METHODS = ("greedy", "std", "gsd", "consensus", "rsd")
 """``greedy``: the exact target (K-1 decode steps); ``std``: first-slot order, no pass;
 ``gsd``/``consensus``/``rsd``: up-to-down decoding with that proposer under the budget (``rsd``: the
 learned agent, ``rsd_rerank.agent``)."""
+BUDGETED = ("gsd", "consensus", "rsd")
+"""The methods whose result depends on the budget T."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,11 @@ class DecodingConfig:
     agent: str | None = None
     """``rsd`` only: an agent checkpoint directory or a bundled agent's name; None picks the bundled
     agent trained on the target (``rsd_rerank.agent.resolve_agent``)."""
+
+    @property
+    def run_tag(self) -> str:
+        """The TREC run tag: ``rsd-rerank.<method>`` with T appended for budgeted methods (``rsd-rerank.gsd5``)."""
+        return f"rsd-rerank.{self.method}{self.budget if self.method in BUDGETED else ''}"
 
     def __post_init__(self):
         if self.method not in METHODS:
