@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsd_rerank.decoding import DecodingConfig, rank
+from rsd_rerank.files import atomic_write
+from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.metrics import kendall_tau
 from rsd_rerank.prompt import PromptConfig
-from rsd_rerank.runs import atomic_write, read_requests
+from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, load_target
 
@@ -78,26 +79,12 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(values), "p90_s": float(np.percentile(values, 90)), "n": len(values)}
 
 
-def free_generation(session: TargetSession, device: str) -> tuple[float, int, bool]:
-    """Seconds for model.generate to write the ranking (prefill included), tokens generated, parse ok."""
-    prompt_ids = session.prompt.token_ids[: len(session.prompt.token_ids) - len(session.prompt.layout.head)]
+def free_generation(session: TargetSession) -> tuple[float, int, bool]:
+    """Seconds for free generation to write the ranking's length (prefill included), tokens generated, parse ok."""
     n_tokens = len(session.prompt.layout.tokens(range(session.k)))
-    ids = torch.tensor([prompt_ids], device=device)
-    model, tok = session.target.model, session.target.tokenizer
-    seconds, out = _timed(
-        lambda: model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=n_tokens,
-            min_new_tokens=n_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id or tok.eos_token_id,
-        ),
-        device,
-    )
-    text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    found = re.findall(r"\[([A-Z])\]", text)
-    return seconds, n_tokens, len(set(found)) == session.k
+    generated = session.generate(max_new_tokens=n_tokens, min_new_tokens=n_tokens)
+    found = re.findall(r"\[([A-Z])\]", generated.text)
+    return generated.seconds, generated.new_tokens, len(set(found)) == session.k
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -142,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
             record(times, "verify, full pass", _timed(lambda: s.verify(a[::-1]), args.device)[0])  # noqa: B023
             s.verify(a)
             record(times, "verify, tail only (K/2 shared)", _timed(lambda: s.verify(b), args.device)[0])  # noqa: B023
-            seconds, n_tokens, ok = free_generation(s, args.device)
+            seconds, n_tokens, ok = free_generation(s)
             record(times, "free generation (incl. prefill)", seconds)
             parse_ok.append(ok)
             for method, budgets in (("std", (0,)), ("gsd", BUDGETS), ("consensus", BUDGETS)):

@@ -24,14 +24,15 @@ import torch
 from tqdm import tqdm
 
 from rsd_rerank.agent import AgentProposer, exploration_report, resolve_agent
-from rsd_rerank.decoding import PROPOSERS, decode
-from rsd_rerank.metrics import footrule, kemeny, kendall_tau, spearman_rho
+from rsd_rerank.decoding import decode
+from rsd_rerank.files import atomic_write
+from rsd_rerank.metrics import MEASURES, kendall_tau
 from rsd_rerank.prompt import PromptConfig
-from rsd_rerank.runs import atomic_write, read_requests
+from rsd_rerank.proposers import PROPOSERS
+from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import load_target
 
-METRICS = {"KT": kendall_tau, "SR": spearman_rho, "FD": footrule, "KD": kemeny}
 PAIRED_BUDGET = 5
 
 
@@ -73,8 +74,8 @@ def summarise(args, target_name: str, records: list[dict]) -> dict:
 
     def add(method: str, budget: int, rankings: np.ndarray, passes: np.ndarray) -> None:
         row = {"method": method, "T": budget, "passes": float(passes.mean())}
-        for metric, fn in METRICS.items():
-            values = fn(rankings, targets).astype(float)
+        for metric, measure in MEASURES.items():
+            values = measure.fn(rankings, targets).astype(float)
             row[metric] = bootstrap(values, rng)
             if metric == "KT":
                 per_claim[(method, budget)] = values

@@ -14,6 +14,7 @@ Use ``lucene()`` to get the Pyserini modules; never import them before it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import io
@@ -23,6 +24,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -84,10 +86,14 @@ def offline_catalog_records() -> list[dict]:
     ]
 
 
-def _patch_catalog_fetch() -> None:
+@contextlib.contextmanager
+def _catalog_fallback() -> Iterator[None]:
+    """``urllib.request.urlopen`` answers Pyserini's catalog URLs offline, inside the block only.
+
+    ``pyserini.prebuilt_index_info`` binds ``urlopen`` when it is imported, so importing it inside
+    the block gives that module (and only it) the fallback; the process's ``urlopen`` is restored.
+    """
     real = urllib.request.urlopen
-    if getattr(real, "_rsd_patched", False):
-        return
 
     def urlopen(url, *args, **kwargs):
         try:
@@ -99,17 +105,19 @@ def _patch_catalog_fetch() -> None:
             log.info("Pyserini's prebuilt-index catalog is out of reach (%s); using offline placeholders", target)
             return io.BytesIO(json.dumps(offline_catalog_records()).encode())
 
-    urlopen._rsd_patched = True
-    # pyserini.prebuilt_index_info binds `urlopen` when it is imported, so the patch must come first.
     urllib.request.urlopen = urlopen
+    try:
+        yield
+    finally:
+        urllib.request.urlopen = real
 
 
 def lucene() -> tuple[ModuleType, ModuleType]:
     """``(pyserini.search.lucene, pyserini.index.lucene)``, importable with or without a network."""
     _java_home()
     _patch_jvm_options()
-    _patch_catalog_fetch()
-    return importlib.import_module("pyserini.search.lucene"), importlib.import_module("pyserini.index.lucene")
+    with _catalog_fallback():
+        return importlib.import_module("pyserini.search.lucene"), importlib.import_module("pyserini.index.lucene")
 
 
 def index_corpus(docs, index_dir: str | os.PathLike) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from rank_llm.data import Request, Result
 from rank_llm.rerank.listwise.listwise_rankllm import ListwiseRankLLM
 
-from rsd_rerank.decoding import DecodingConfig, rank
+from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.prompt import (
     DEFAULT_TEMPLATE,
     IDENTIFIERS,

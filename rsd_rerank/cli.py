@@ -3,50 +3,137 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import json
 import logging
 import sys
+import textwrap
+import traceback
+import types
+import typing
 from collections.abc import Sequence
 
-from rsd_rerank.agent import K_TIED, NETWORKS
-from rsd_rerank.decoding import METHODS, DecodingConfig
+from rsd_rerank.agent import K_TIED, NETWORKS, AgentConfig
+from rsd_rerank.methods import BUDGETED, METHODS, DecodingConfig
+from rsd_rerank.metrics import MEASURES
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.training.rpo import ADVANTAGES
 from rsd_rerank.training.trainer import TrainConfig
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("rsd_rerank")
+
+# Options built from the config dataclasses (their defaults and field docstrings are the only source).
+PROMPT_FIELDS = ("template", "max_passage_words", "context_size")
+DECODING_FIELDS = ("method", "budget", "agent")
+AGENT_FIELDS = ("network", "temperature", "hidden", "layers", "heads")
+TRAIN_FIELDS = (
+    "budget",
+    "group",
+    "stage1_epochs",
+    "stage1_lr",
+    "rpo_epochs",
+    "rpo_lr",
+    "rpo_queries",
+    "batch",
+    "advantage",
+    "beta",
+    "val_queries",
+    "save_every",
+    "seed",
+)
+CHOICES = {"method": METHODS, "network": NETWORKS, "advantage": ADVANTAGES}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source: the options' help."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.replace("``", "").split())
+    return docs
+
+
+def _option_type(cls: type, name: str) -> type:
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint
+
+
+def add_config_options(p: argparse.ArgumentParser, cls: type, names: Sequence[str], unset: Sequence[str] = ()) -> None:
+    """``--field-name`` options for ``names`` of dataclass ``cls``, typed and documented from it.
+
+    Fields in ``unset`` default to None so that a command can tell whether the user gave them.
+    """
+    defaults, docs = cls(), field_docs(cls)
+    for name in names:
+        default = getattr(defaults, name)
+        shown = "" if default is None else f" (default: {default})"
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=_option_type(cls, name),
+            default=None if name in unset else default,
+            choices=CHOICES.get(name),
+            help=(docs.get(name, "") + shown).replace("%", "%%"),
+        )
+
+
+def config_from(cls: type, args: argparse.Namespace, names: Sequence[str], **fixed):
+    """An instance of ``cls`` from the parsed options ``names`` (those left None take the class default)."""
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return cls(**given, **fixed)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=None, help="'smollm2' (embedded, default), 'random-llama', or a local HF model dir"
     )
-    p.add_argument("--template", default=PromptConfig.template, help="RankLLM prompt template (name or path)")
-    p.add_argument("--max-passage-words", type=int, default=PromptConfig.max_passage_words)
-    p.add_argument("--context-size", type=int, default=PromptConfig.context_size)
+    add_config_options(p, PromptConfig, PROMPT_FIELDS)
 
 
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=METHODS, default=DecodingConfig.method)
-    p.add_argument("--budget", type=int, default=DecodingConfig.budget, help="T: LLM verification passes")
-    p.add_argument("--agent", help="rsd: agent checkpoint dir or bundled name (default: the one trained on --model)")
+    add_config_options(p, DecodingConfig, DECODING_FIELDS, unset=("budget", "agent"))
 
 
 def _prompt_config(args: argparse.Namespace) -> PromptConfig:
-    return PromptConfig(args.template, args.max_passage_words, args.context_size)
+    return config_from(PromptConfig, args, PROMPT_FIELDS)
+
+
+def _decoding_config(args: argparse.Namespace) -> DecodingConfig:
+    """The decoding options; a warning for those the method ignores (the user meant something by them)."""
+    config = config_from(DecodingConfig, args, DECODING_FIELDS)
+    if args.budget is not None and config.method not in BUDGETED:
+        log.warning("--budget is ignored by --method %s (it uses no verification passes)", config.method)
+    if args.agent is not None and config.method != "rsd":
+        log.warning("--agent is ignored by --method %s (only rsd uses an agent)", config.method)
+    return config
 
 
 def _cmd_rerank(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from rsd_rerank.runs import read_requests, rerank_request, write_trec
+    from rsd_rerank.runs import rank_scores, read_requests, rerank_request, write_run
     from rsd_rerank.targets import load_target
 
-    decoding = DecodingConfig(args.method, args.budget, args.agent)
+    decoding = _decoding_config(args)
     prompt = _prompt_config(args)
     requests = read_requests(args.requests)
+    qids = [str(r.query.qid) for r in requests]
+    repeated = sorted({q for q in qids if qids.count(q) > 1})
+    if repeated:
+        raise ValueError(
+            f"{args.requests} repeats qids {', '.join(repeated[:10])}: a TREC run holds one ranking per qid"
+        )
     target = load_target(args.model)
     ranked = []
     for request in tqdm(requests, desc=f"{args.method}@{args.budget}", unit="query", file=sys.stderr):
@@ -57,8 +144,8 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
             f"qid {r.qid}: K={len(r.docids)} prompt={r.prompt_tokens} tok, passes={t.passes}, "
             f"prefill {t.prefill_seconds:.2f}s, decode {t.decode_seconds:.2f}s, i*={t.accepted_of()}"
         )
-    write_trec(args.output, ranked, tag=decoding.run_tag)
-    print(f"wrote {sum(len(r.docids) for r in ranked)} lines for {len(ranked)} queries to {args.output}")
+    n = write_run(args.output, {r.qid: rank_scores(r.docids) for r in ranked}, decoding.run_tag)
+    print(f"wrote {n} lines for {len(ranked)} queries to {args.output}")
 
 
 def _cmd_index(args: argparse.Namespace) -> None:
@@ -72,10 +159,11 @@ def _cmd_index(args: argparse.Namespace) -> None:
 def _cmd_retrieve(args: argparse.Namespace) -> None:
     import ir_measures
 
+    from rsd_rerank.files import atomic_write
     from rsd_rerank.integrations import datasets
-    from rsd_rerank.integrations.evaluation import evaluate
+    from rsd_rerank.integrations.measures import evaluate
     from rsd_rerank.integrations.pyserini import bm25, request_dicts
-    from rsd_rerank.runs import atomic_write
+    from rsd_rerank.runs import write_run
 
     topics, judged = _topics_and_qrels(args)
     if args.exclude:
@@ -83,9 +171,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> None:
         topics = {qid: text for qid, text in topics.items() if qid not in held_out}
         print(f"{len(topics)} queries after excluding the {len(held_out)} of {args.exclude}")
     runs = bm25(args.index, topics, args.hits)
-    lines = [f"{qid} Q0 {d} {r} {score:.6f} bm25" for qid, hits in runs.items() for r, (d, score) in enumerate(hits, 1)]
-    atomic_write(args.output, "".join(line + "\n" for line in lines))
-    print(f"wrote {len(lines)} lines for {len(runs)} queries to {args.output}")
+    n = write_run(args.output, runs, "bm25")
+    print(f"wrote {n} lines for {len(runs)} queries to {args.output}")
     if args.requests:
         records = request_dicts(args.index, runs, topics, args.candidates)
         atomic_write(args.requests, "".join(json.dumps(r) + "\n" for r in records))
@@ -125,10 +212,10 @@ def _print_metrics(metrics: dict[str, dict[str, float]], unjudged: list[str]) ->
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:
-    from rsd_rerank.integrations.evaluation import pipeline
+    from rsd_rerank.integrations.pipeline import pipeline
     from rsd_rerank.targets import load_target
 
-    decoding = DecodingConfig(args.method, args.budget, args.agent)
+    decoding = _decoding_config(args)
     topics, judged = _topics_and_qrels(args)
     result = pipeline(
         load_target(args.model),
@@ -151,12 +238,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from rsd_rerank.integrations import datasets
-    from rsd_rerank.integrations.evaluation import (
-        candidate_requests,
-        compare,
-        summarise,
-        write_comparison,
-    )
+    from rsd_rerank.integrations.compare import compare, summarise
+    from rsd_rerank.integrations.pipeline import candidate_requests
+    from rsd_rerank.integrations.report import write_comparison
     from rsd_rerank.runs import read_requests
     from rsd_rerank.targets import load_target
 
@@ -168,8 +252,12 @@ def _cmd_compare(args: argparse.Namespace) -> None:
             raise ValueError("give --requests FILE, or --index with --dataset/--topics")
         topics, judged = _topics_and_qrels(args)
         _, requests = candidate_requests(args.index, topics, args.candidates, args.candidates)
-    target = load_target(args.model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ValueError(f"--methods {args.methods!r} names no method")
+    if args.agent is not None and "rsd" not in methods:
+        log.warning("--agent is ignored: --methods has no rsd")
+    target = load_target(args.model)
     records = compare(target, requests, judged, methods, args.budgets, _prompt_config(args), args.agent)
     rows = summarise(records, judged)
     meta = {
@@ -203,35 +291,20 @@ def _add_topic_options(p: argparse.ArgumentParser, required: bool = True) -> Non
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from rsd_rerank.agent import AgentConfig
     from rsd_rerank.runs import read_requests
     from rsd_rerank.targets import load_target
-    from rsd_rerank.training import TrainConfig, train
+    from rsd_rerank.training import train
 
     requests = read_requests(args.requests)
     ks = sorted({len(r.candidates) for r in requests})
     tied = args.network in K_TIED
     if tied and len(ks) != 1:
         raise ValueError(f"the {args.network!r} network is tied to one list length; the requests have {ks}")
-    config = TrainConfig(
-        agent=AgentConfig(args.network, k=ks[0] if tied else None, temperature=args.temperature),
-        prompt=_prompt_config(args),
-        budget=args.budget,
-        group=args.group,
-        stage1_epochs=args.stage1_epochs,
-        rpo_epochs=args.rpo_epochs,
-        rpo_queries=args.rpo_queries,
-        stage1_lr=args.stage1_lr,
-        rpo_lr=args.rpo_lr,
-        batch=args.batch,
-        advantage=args.advantage,
-        beta=args.beta,
-        val_queries=args.val_queries,
-        seed=args.seed,
-    )
+    agent = config_from(AgentConfig, args, AGENT_FIELDS, k=ks[0] if tied else None)
+    config = config_from(TrainConfig, args, TRAIN_FIELDS, agent=agent, prompt=_prompt_config(args))
     agent = train(load_target(args.model), requests, args.out, config, resume=args.resume)
     for budget, m in agent.metadata["validation"].items():
-        print(f"validation {budget}: KT {m['KT']:.4f} SR {m['SR']:.4f} FD {m['FD']:.2f} KD {m['KD']:.2f}")
+        print(f"validation {budget}: " + " ".join(f"{name} {m[name]:.4f}" for name in MEASURES))
     print(f"wrote agent to {args.out}")
 
 
@@ -282,29 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=20, help="BM25 hits per query to rerank (K)")
     p.add_argument("--methods", default="generate,first,std,gsd,consensus,rsd,greedy")
     p.add_argument("--budgets", type=_budgets, default=[1, 3, 5, 7], help="T values for gsd/consensus/rsd")
-    p.add_argument("--agent", help="rsd: agent checkpoint dir or bundled name (default: the one for --model)")
+    add_config_options(p, DecodingConfig, ["agent"])
     p.add_argument("--out", required=True, help="output stem: writes .json, .md, .png")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("train", help="train an RSD agent against a target LLM (Stage I + RPO)")
     _add_model_options(p)
-    defaults = TrainConfig()
     p.add_argument("--requests", required=True, help="training requests (RankLLM JSONL); never the test queries")
     p.add_argument("--out", required=True, help="checkpoint folder (agent.json, model.safetensors, train_state.pt)")
-    p.add_argument("--network", choices=NETWORKS, default=defaults.agent.network)
-    p.add_argument("--temperature", type=float, default=defaults.agent.temperature)
-    p.add_argument("--budget", type=int, default=defaults.budget, help="T: passes per trajectory")
-    p.add_argument("--group", type=int, default=defaults.group, help="G: sampled trajectories per query")
-    p.add_argument("--stage1-epochs", type=int, default=defaults.stage1_epochs)
-    p.add_argument("--rpo-epochs", type=int, default=defaults.rpo_epochs, help="0: Stage I only ('w/o RPO')")
-    p.add_argument("--rpo-queries", type=int, default=defaults.rpo_queries, help="RL queries per epoch (default all)")
-    p.add_argument("--stage1-lr", type=float, default=defaults.stage1_lr)
-    p.add_argument("--rpo-lr", type=float, default=defaults.rpo_lr)
-    p.add_argument("--batch", type=int, default=defaults.batch, help="queries per Adam step")
-    p.add_argument("--advantage", choices=ADVANTAGES, default=defaults.advantage)
-    p.add_argument("--beta", type=float, default=defaults.beta, help="KL weight")
-    p.add_argument("--val-queries", type=int, default=defaults.val_queries)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    add_config_options(p, AgentConfig, AGENT_FIELDS)
+    add_config_options(p, TrainConfig, TRAIN_FIELDS)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=_cmd_train)
     return parser
@@ -315,7 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         args.func(args)
-    except ValueError as err:
+    except (ValueError, RuntimeError, OSError) as err:
+        # Bad input (ValueError) and the environment (a missing model, a full disk, no JVM) both reach
+        # the user as one line; the traceback is for -v.
+        if args.verbose:
+            traceback.print_exc()
         print(f"rsd-rerank {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -11,9 +11,12 @@ row a permutation of 0..K-1. Definitions follow the paper (no ties):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["footrule", "kemeny", "kendall_tau", "positions", "similarity", "spearman_rho"]
+__all__ = ["MEASURES", "Measure", "footrule", "kemeny", "kendall_tau", "positions", "similarity", "spearman_rho"]
 
 
 def positions(rankings: np.ndarray) -> np.ndarray:
@@ -68,11 +71,22 @@ def footrule(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.abs(p - t).sum(axis=1)
 
 
+class Measure(NamedTuple):
+    """A fidelity measure: per-query values [N] of predicted vs target rankings, and its direction."""
+
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    higher_is_better: bool
+
+
+MEASURES: dict[str, Measure] = {
+    "KT": Measure(kendall_tau, True),
+    "SR": Measure(spearman_rho, True),
+    "FD": Measure(footrule, False),
+    "KD": Measure(kemeny, False),
+}
+"""The fidelity measures every table reports, in the order they are reported."""
+
+
 def similarity(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Means over queries of KT, SR, FD and KD."""
-    return {
-        "KT": float(kendall_tau(pred, target).mean()),
-        "SR": float(spearman_rho(pred, target).mean()),
-        "FD": float(footrule(pred, target).mean()),
-        "KD": float(kemeny(pred, target).mean()),
-    }
+    """Means over queries of every measure in ``MEASURES``."""
+    return {name: float(m.fn(pred, target).mean()) for name, m in MEASURES.items()}

@@ -1,28 +1,35 @@
-"""Requests in, rankings and TREC runs out: RankLLM's request JSONL, atomic run files."""
+"""Requests in, rankings and TREC runs out: RankLLM's request JSONL, and the one writer and one reader
+of TREC run files (``write_run``, ``read_run``)."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsd_rerank.decoding import Decoded, DecodingConfig, Trace, rank
+from rsd_rerank.decoding import Decoded, Trace
+from rsd_rerank.files import atomic_write
+from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.prompt import PromptConfig, check_candidates
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
 
 __all__ = [
+    "Hits",
     "Reranked",
-    "atomic_write",
+    "TrecRun",
+    "rank_scores",
     "read_requests",
+    "read_run",
     "request_records",
     "rerank_request",
-    "trec_lines",
-    "write_trec",
+    "write_run",
 ]
+
+Hits = list[tuple[str, float]]
+"""One query's ranked documents, best first: ``[(docid, score), …]``."""
 
 
 def read_requests(path: str | os.PathLike) -> list:
@@ -96,28 +103,70 @@ def rerank_request(target: Target, request, decoding: DecodingConfig, prompt: Pr
     return Reranked(qid, [docids[i] for i in decoded.ranking], decoded.trace, session.prompt_tokens)
 
 
-def trec_lines(ranked: Reranked, tag: str) -> list[str]:
-    """TREC run lines; scores K, K-1, …, 1 so that every evaluator reads the same order."""
-    k = len(ranked.docids)
-    return [f"{ranked.qid} Q0 {d} {r} {k - r + 1} {tag}" for r, d in enumerate(ranked.docids, start=1)]
+def rank_scores(docids: Sequence[str]) -> Hits:
+    """Scores n, n-1, …, 1 in rank order, so that every evaluator reads the order as it is (ties impossible)."""
+    n = len(docids)
+    return [(d, float(n - r)) for r, d in enumerate(docids)]
 
 
-def atomic_write(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _score_text(score: float) -> str:
+    # Rank scores are integers and stay short; retrieval scores keep six decimals.
+    return str(int(score)) if float(score).is_integer() else f"{score:.6f}"
+
+
+def write_run(path: str | os.PathLike, run: Mapping[str, Sequence[tuple[str, float]]], tag: str) -> int:
+    """Write a TREC run ``qid Q0 docid rank score tag`` atomically, queries in ``run``'s order; returns its lines.
+
+    Raises:
+        ValueError: a qid, docid or tag with whitespace (it would give a line of more than six columns).
+    """
+    lines = []
+    for qid, hits in run.items():
+        for rank_, (docid, score) in enumerate(hits, start=1):
+            lines.append(f"{qid} Q0 {docid} {rank_} {_score_text(score)} {tag}\n")
+    for name, value in (("tag", tag), *(("qid", q) for q in run), *(("docid", d) for h in run.values() for d, _ in h)):
+        if not value or any(c.isspace() for c in str(value)):
+            raise ValueError(f"{name} {value!r} is empty or holds whitespace: a TREC run line needs six columns")
+    atomic_write(path, "".join(lines))
+    return len(lines)
+
+
+@dataclass(frozen=True)
+class TrecRun:
+    """A TREC run file as read: each query's hits in file order, and the run tags it carries."""
+
+    hits: dict[str, Hits]
+    tags: frozenset[str]
+
+    def scores(self) -> dict[str, dict[str, float]]:
+        """``{qid: {docid: score}}``, the shape ir_measures reads."""
+        return {qid: dict(hits) for qid, hits in self.hits.items()}
+
+
+def read_run(path: str | os.PathLike) -> TrecRun:
+    """Read a whitespace-separated six-column TREC run (``qid Q0 docid rank score tag``).
+
+    Raises:
+        ValueError: an unreadable file, or a line that is not six columns with an integer rank and a
+            numeric score (the line number and the line are named).
+    """
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_trec(path: str | os.PathLike, ranked: Iterable[Reranked], tag: str = "rsd-rerank") -> None:
-    """Write a TREC run atomically."""
-    atomic_write(path, "".join(line + "\n" for r in ranked for line in trec_lines(r, tag)))
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ValueError(f"cannot read run file {path}: {err.strerror or err}") from err
+    hits: dict[str, Hits] = {}
+    tags = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 6:
+                raise ValueError(f"{len(parts)} columns, not 6")
+            qid, _, docid, rank_, score, tag = parts
+            int(rank_)
+            hits.setdefault(qid, []).append((docid, float(score)))
+        except ValueError as err:
+            raise ValueError(f"{path}:{number}: not a TREC run line ({err}): {line!r}") from err
+        tags.add(tag)
+    return TrecRun(hits, frozenset(tags))

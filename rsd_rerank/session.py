@@ -10,6 +10,10 @@ Row i of a verification matrix is read at the last separator token before slot i
 the prefill and never changes. A verification pass therefore feeds K-1 identifiers with their
 separators (76 tokens for K=20 with SmolLM2's tokenizer) on top of the cached prompt, and only the
 tail that differs from the last verified ranking: rows and KV of the shared prefix are reused.
+
+Every forward after the prompt goes through ``_forward``, which counts it (``passes``), records the
+tokens it fed (``fed_tokens``) and times it on a clock that synchronises the device first
+(``clock``): the decoding trace reads its passes and seconds from here.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt
+from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, ranking_text
 from rsd_rerank.targets import Target
 
-__all__ = ["TargetSession", "Verification"]
+__all__ = ["Generation", "TargetSession", "Verification", "accepted_length", "greedy_choices"]
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -42,6 +46,18 @@ class Verification:
     """[B, K] the LLM's greedy item at each slot among the items not placed before it."""
     accepted: torch.Tensor
     """[B] i*: length of the longest prefix equal to the greedy choices (K when the whole ranking verifies)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Free greedy generation from the chat prompt (RankZephyr-style), not constrained to identifiers."""
+
+    text: str
+    """The generated text, special tokens dropped."""
+    new_tokens: int
+    """Tokens generated (each one a decode step after generation's own prefill)."""
+    seconds: float
+    """End to end, generation's own prefill of the prompt included."""
 
 
 def greedy_choices(rankings: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
@@ -104,12 +120,18 @@ class TargetSession:
         self._sep = torch.tensor(layout.sep, dtype=torch.long, device=self.device)
         self._step = 1 + len(layout.sep)  # tokens per slot after the prompt: identifier + separator
 
-        start = time.perf_counter()
+        self.passes = 0
+        """Forwards after the prompt so far: verifications, decode steps of the greedy target."""
+        self.fed_tokens: list[int] = []
+        """Tokens per sequence that each of those forwards fed (the verified-prefix reuse shows here)."""
+        self.forward_seconds = 0.0
+        """Seconds spent in those forwards."""
+        start = self.clock()
         ids = torch.tensor([prompt.token_ids], device=self.device)
-        logits, cache = self._forward(ids, kv=None, kv_len=0, keep=torch.tensor([ids.shape[1] - 1]))
+        logits, cache = self._forward(ids, self._cache(None, 0, 1), keep=torch.tensor([ids.shape[1] - 1]), count=False)
         self._prompt_kv = self._kv_of(cache, row=0, expected_len=ids.shape[1])
         self._row0 = self._rows(logits[0], self._first_ids)[0]  # [K]
-        self.prefill_seconds = time.perf_counter() - start
+        self.prefill_seconds = self.clock() - start
         self.prompt_tokens = ids.shape[1]
         self._greedy: list[int] | None = None
         self.forget()
@@ -123,28 +145,43 @@ class TargetSession:
 
     # -- model access -------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def _forward(
-        self, input_ids: torch.Tensor, kv: KV | None, kv_len: int, keep: torch.Tensor
-    ) -> tuple[torch.Tensor, DynamicCache]:
-        """Logits [B, len(keep), V] at positions ``keep`` of ``input_ids`` [B, n], after ``kv[:kv_len]``."""
-        batch = input_ids.shape[0]
+    def clock(self) -> float:
+        """``time.perf_counter()`` after the device has finished its queued work (CUDA runs asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _cache(self, kv: KV | None, kv_len: int, batch: int) -> DynamicCache:
+        """A cache holding the first ``kv_len`` positions of ``kv`` for each of ``batch`` sequences."""
         config = self.target.model.config
         if kv is None:
-            cache = DynamicCache(config=config)
-        else:
-            cache = DynamicCache(
-                ddp_cache_data=[
-                    (k[:, :, :kv_len].expand(batch, -1, -1, -1), v[:, :, :kv_len].expand(batch, -1, -1, -1))
-                    for k, v in kv
-                ],
-                config=config,
-            )
-        # logits_to_keep: only the slot positions go through the LM head, not every fed token.
-        out = self.target.model(
-            input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=keep.to(self.device)
+            return DynamicCache(config=config)
+        return DynamicCache(
+            ddp_cache_data=[
+                (k[:, :, :kv_len].expand(batch, -1, -1, -1), v[:, :, :kv_len].expand(batch, -1, -1, -1)) for k, v in kv
+            ],
+            config=config,
         )
-        return out.logits.float(), out.past_key_values
+
+    @torch.inference_mode()
+    def _forward(
+        self, input_ids: torch.Tensor, cache: DynamicCache, keep: torch.Tensor | int, count: bool = True
+    ) -> tuple[torch.Tensor, DynamicCache]:
+        """Logits [B, len(keep), V] at positions ``keep`` of ``input_ids`` [B, n], after ``cache``.
+
+        The only call of the model's forward; ``count`` is off for the prompt's own prefill.
+        """
+        start = self.clock() if count else 0.0
+        if isinstance(keep, torch.Tensor):
+            keep = keep.to(self.device)
+        # logits_to_keep: only the slot positions go through the LM head, not every fed token.
+        out = self.target.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=keep)
+        logits = out.logits.float()
+        if count:
+            self.passes += 1
+            self.fed_tokens.append(input_ids.shape[1])
+            self.forward_seconds += self.clock() - start
+        return logits, out.past_key_values
 
     @staticmethod
     def _kv_of(cache: DynamicCache, row: int, expected_len: int) -> KV:
@@ -215,7 +252,7 @@ class TargetSession:
             tokens = self._slot_tokens(r[:, shared : k - 1], first_slot=shared)
             keep = torch.arange(self._step - 1, tokens.shape[1], self._step)
             kv_len = self.prompt_tokens + shared * self._step
-            logits, cache = self._forward(tokens, self._cached_kv, kv_len, keep)
+            logits, cache = self._forward(tokens, self._cache(self._cached_kv, kv_len, batch), keep)
             new_rows = self._rows(logits, self._later_ids)  # [B, K-1-shared, K]
             kv_rows, new_kv = cache, None
         matrices = torch.cat([self._cached_rows[: shared + 1].expand(batch, -1, -1), new_rows], dim=1)
@@ -238,7 +275,7 @@ class TargetSession:
         ``verify`` must reproduce in one pass.
         """
         forced = None if ranking is None else self._as_rankings(ranking)[0].tolist()
-        cache = DynamicCache(ddp_cache_data=[(k, v) for k, v in self._prompt_kv], config=self.target.model.config)
+        cache = self._cache(self._prompt_kv, self.prompt_tokens, 1)
         row = self._row0
         rows, chosen = [row], []
         remaining = set(range(self.k))
@@ -252,10 +289,8 @@ class TargetSession:
             chosen.append(item)
             remaining.discard(item)
             tokens = self._slot_tokens(torch.tensor([[item]], device=self.device), first_slot=slot)
-            with torch.inference_mode():
-                out = self.target.model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
-            row = self._rows(out.logits[0, -1].float(), self._later_ids)
+            logits, cache = self._forward(tokens, cache, keep=1)
+            row = self._rows(logits[0, -1], self._later_ids)
             rows.append(row)
         chosen += list(remaining) if forced is None else forced[-1:]
         return chosen, torch.stack(rows)
@@ -265,3 +300,29 @@ class TargetSession:
         if self._greedy is None:
             self._greedy, _ = self.stepwise_rows()
         return list(self._greedy)
+
+    @torch.inference_mode()
+    def generate(self, max_new_tokens: int | None = None, min_new_tokens: int = 0) -> Generation:
+        """RankZephyr-style free greedy generation from the chat prompt (without the forced ``head``).
+
+        Generation runs its own prefill, as a RankLLM user's would; by default it may write the
+        ranking string's length plus 8 tokens (``min_new_tokens`` forces a length, for timing). Its steps are not verification passes and are not
+        added to ``passes``.
+        """
+        tokenizer = self.target.tokenizer
+        head = len(self.prompt.layout.head)
+        ids = torch.tensor([self.prompt.token_ids[: len(self.prompt.token_ids) - head]], device=self.device)
+        if max_new_tokens is None:
+            max_new_tokens = len(tokenizer.encode(ranking_text(range(self.k)), add_special_tokens=False)) + 8
+        start = self.clock()
+        out = self.target.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        )
+        seconds = self.clock() - start
+        new = out[0, ids.shape[1] :]
+        return Generation(tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0]), seconds)

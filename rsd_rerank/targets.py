@@ -8,14 +8,18 @@ loads take a fraction of a second instead of ~25 s.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import weakref
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +37,8 @@ __all__ = [
     "embedded_model_dir",
     "load_target",
     "random_llama",
+    "tokenizer_fingerprint",
+    "weights_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,6 +65,38 @@ class Target:
     def max_positions(self) -> int | None:
         """The model's context length in tokens, where its config states one."""
         return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
+
+_TOKENIZER_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WEIGHTS_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the tokenizer's vocabulary (token → id): equal fingerprints give equal identifier tokens."""
+    if tokenizer not in _TOKENIZER_FINGERPRINTS:
+        vocab = sorted(tokenizer.get_vocab().items())
+        digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+        _TOKENIZER_FINGERPRINTS[tokenizer] = digest
+    return _TOKENIZER_FINGERPRINTS[tokenizer]
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 of the architecture config and every parameter and buffer, byte for byte (once per loaded model).
+
+    Any changed weight changes it (a fine-tune of middle layers included), so caches keyed by it
+    never serve another model's results. Tensors are hashed in their own dtype, moved to the CPU one
+    at a time.
+    """
+    if model not in _WEIGHTS_FINGERPRINTS:
+        import torch
+
+        digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            flat = tensor.detach().reshape(-1).contiguous()
+            digest.update(flat.view(torch.uint8).cpu().numpy().tobytes())
+        _WEIGHTS_FINGERPRINTS[model] = digest.hexdigest()[:16]
+    return _WEIGHTS_FINGERPRINTS[model]
 
 
 def cache_dir() -> Path:
@@ -123,15 +161,28 @@ def embedded_model_dir() -> Path:
     return final
 
 
+@contextlib.contextmanager
+def _no_hf_progress_bars() -> Iterator[None]:
+    """Hugging Face progress bars off inside the block, and back as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _from_local(path: Path | str, name: str) -> Target:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     # A per-tensor "Loading weights" bar for a 0.1 s load is noise in every CLI run.
-    hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    with _no_hf_progress_bars():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return Target(model.eval(), tokenizer, name)
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+import json
 import math
 
 import numpy as np
@@ -20,7 +21,9 @@ from rsd_rerank.agent import (
     resolve_agent,
     save_agent,
 )
-from rsd_rerank.decoding import DecodingConfig, Round, decode, rank
+from rsd_rerank.decoding import decode
+from rsd_rerank.methods import DecodingConfig, rank
+from rsd_rerank.proposers import Round
 from rsd_rerank.session import TargetSession
 from rsd_rerank.training.rpo import advantages, kl_to_reference, rpo_loss
 
@@ -69,7 +72,8 @@ def _state(b=3, t=2, k=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     rankings = torch.stack([torch.stack([torch.randperm(k, generator=g) for _ in range(t)]) for _ in range(b)])
     matrices = torch.log_softmax(3 * torch.randn(b, t, k, k, generator=g), dim=-1)
-    return Round(matrices[0, 0, 0], rankings, matrices, torch.tensor([0, 2, 1][:b]))
+    accepted = torch.tensor([[0, 0], [1, 2], [0, 1]])[:b, :t]  # i* of each round
+    return Round(rankings, matrices, accepted)
 
 
 def _random_agent(seed: int) -> Agent:
@@ -93,7 +97,7 @@ def test_equivariant_network_follows_a_relabelling_of_items_and_serves_any_k():
     state = _state(k=7)
     perm = torch.randperm(7)  # new index of old item i is inv[i]
     inv = torch.argsort(perm)
-    relabelled = Round(state.first_slot[perm], inv[state.rankings], state.matrices[..., perm], state.accepted)
+    relabelled = Round(inv[state.rankings], state.matrices[..., perm], state.accepted)
     assert torch.allclose(agent(relabelled), agent(state)[:, perm], atol=1e-5)
     assert agent(_state(k=12)).shape == (3, 12)
     assert item_features(state).shape[:2] == (3, 7)
@@ -143,7 +147,7 @@ def test_rollout_row_zero_is_the_greedy_reference(tiny_llama, query_docs):
 
 
 def _trained_like(agent: Agent, target) -> Agent:
-    from rsd_rerank.agent import tokenizer_fingerprint
+    from rsd_rerank.targets import tokenizer_fingerprint
 
     agent.metadata.update(target=target.name, tokenizer=tokenizer_fingerprint(target.tokenizer))
     return agent
@@ -193,3 +197,20 @@ def test_sampling_from_softmax_normalised_scores_is_nearly_uniform():
     report = exploration_report(torch.linspace(3, -3, 20))
     assert report["softmax_normalised"] < 0.1 < 0.5 < report["raw_scores"]
     assert np.isfinite(list(report.values())).all()
+
+
+def test_checkpoint_loads_are_private_and_follow_agent_json(tmp_path, tiny_llama):
+    agent = _trained_like(_random_agent(1), tiny_llama)
+    save_agent(agent, tmp_path / "a")
+    first = load_agent(tmp_path / "a", target=tiny_llama)
+    second = load_agent(tmp_path / "a", target=tiny_llama)
+    assert first is not second
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)  # one caller training its copy touches nobody else's
+    state = _state(k=8)
+    assert torch.equal(second(state), load_agent(tmp_path / "a", target=tiny_llama)(state))
+    # agent.json rewritten alone (weights untouched): the new config is read, not a cached one
+    meta = json.loads((tmp_path / "a" / "agent.json").read_text())
+    meta["config"]["temperature"] = 2.0
+    (tmp_path / "a" / "agent.json").write_text(json.dumps(meta))
+    assert load_agent(tmp_path / "a", target=tiny_llama).config.temperature == 2.0

@@ -135,3 +135,66 @@ def test_unknown_model_is_a_clear_error(tmp_path, requests_json, capsys):
     )
     assert code == 2
     assert "never downloads from a model hub" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [RuntimeError("no JVM here"), OSError(28, "No space left on device")])
+def test_environment_errors_are_one_line_and_exit_2(tmp_path, requests_json, capsys, monkeypatch, error):
+    import rsd_rerank.targets
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(rsd_rerank.targets, "load_target", broken)
+    requests = _write_requests(tmp_path / "r.jsonl", requests_json)
+    assert main(["rerank", "--requests", str(requests), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(error) in err and "Traceback" not in err
+
+
+def test_options_a_method_ignores_are_warned_about(tmp_path, requests_json, caplog):
+    requests = _write_requests(tmp_path / "r.jsonl", requests_json[:1])
+    args = ["rerank", "--requests", str(requests), "--output", str(tmp_path / "o"), "--method", "std"]
+    assert main([*args, "--budget", "3", "--agent", "smollm2"]) == 0
+    assert "--budget is ignored by --method std" in caplog.text
+    assert "--agent is ignored by --method std" in caplog.text
+    caplog.clear()
+    assert main([*args[:-2], "--method", "gsd", "--budget", "1", "--output", str(tmp_path / "p")]) == 0
+    assert "ignored" not in caplog.text
+
+
+def test_options_come_from_the_config_dataclasses():
+    from rsd_rerank.agent import AgentConfig
+    from rsd_rerank.cli import AGENT_FIELDS, TRAIN_FIELDS, build_parser, config_from
+    from rsd_rerank.training import TrainConfig
+
+    args = build_parser().parse_args(["train", "--requests", "r", "--out", "o"])
+    assert config_from(TrainConfig, args, TRAIN_FIELDS) == TrainConfig()
+    assert config_from(AgentConfig, args, AGENT_FIELDS) == AgentConfig()
+    args = build_parser().parse_args(["train", "--requests", "r", "--out", "o", "--rpo-queries", "7", "--beta", "0.5"])
+    assert config_from(TrainConfig, args, TRAIN_FIELDS) == TrainConfig(rpo_queries=7, beta=0.5)
+
+
+def test_repeated_qids_in_a_request_file_are_an_error(tmp_path, requests_json, capsys):
+    requests = _write_requests(tmp_path / "r.jsonl", [requests_json[0], requests_json[0]])
+    assert main(["rerank", "--requests", str(requests), "--output", str(tmp_path / "o")]) == 2
+    assert "repeats qids" in capsys.readouterr().err
+
+
+def test_trec_runs_are_written_by_one_function_and_read_by_another(tmp_path):
+    from rsd_rerank.runs import rank_scores, read_run, write_run
+
+    path = tmp_path / "run.trec"
+    assert write_run(path, {"q1": rank_scores(["d2", "d1"]), "q2": [("d9", 12.5), ("d3", 3.25)]}, "tag") == 4
+    assert path.read_text() == "q1 Q0 d2 1 2 tag\nq1 Q0 d1 2 1 tag\nq2 Q0 d9 1 12.500000 tag\nq2 Q0 d3 2 3.250000 tag\n"
+    run = read_run(path)
+    assert run.hits == {"q1": [("d2", 2.0), ("d1", 1.0)], "q2": [("d9", 12.5), ("d3", 3.25)]}
+    assert run.tags == {"tag"}
+    path.write_text("q1\tQ0  d2 1 2.0 a\n\n  q1 Q0 d1 2 1 a  \n")  # any whitespace
+    assert read_run(path).scores() == {"q1": {"d2": 2.0, "d1": 1.0}}
+    for bad, why in (("q1 Q0 d2 1 2.0\n", "5 columns"), ("q1 Q0 d2 one 2.0 a\n", "invalid literal")):
+        path.write_text("q1 Q0 d1 1 3 a\n" + bad)
+        with pytest.raises(ValueError, match=f"run.trec:2: not a TREC run line .*{why}"):
+            read_run(path)
+    with pytest.raises(ValueError, match="docid 'd 1' is empty or holds whitespace"):
+        write_run(tmp_path / "x.trec", {"q": [("d 1", 1.0)]}, "tag")
+    assert not (tmp_path / "x.trec").exists()

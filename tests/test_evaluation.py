@@ -4,8 +4,11 @@ import json
 
 import pytest
 
-from rsd_rerank.decoding import DecodingConfig
-from rsd_rerank.integrations.evaluation import compare, evaluate, pipeline, summarise, write_comparison
+from rsd_rerank.integrations.compare import compare, summarise
+from rsd_rerank.integrations.measures import evaluate
+from rsd_rerank.integrations.pipeline import pipeline
+from rsd_rerank.integrations.report import write_comparison
+from rsd_rerank.methods import DecodingConfig
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import read_requests
 

@@ -45,3 +45,13 @@ def test_extremes():
 def test_rejects_non_permutations(bad):
     with pytest.raises(ValueError, match="permutations"):
         kendall_tau(np.array(bad), np.array(bad))
+
+
+def test_one_table_of_fidelity_measures_drives_similarity():
+    from rsd_rerank.metrics import MEASURES
+
+    pred, target = np.array([[1, 0, 2]]), np.array([[0, 1, 2]])
+    values = similarity(pred, target)
+    assert list(values) == list(MEASURES) == ["KT", "SR", "FD", "KD"]
+    assert [m.higher_is_better for m in MEASURES.values()] == [True, True, False, False]
+    assert values == {name: float(m.fn(pred, target)[0]) for name, m in MEASURES.items()}

@@ -55,13 +55,16 @@ def test_catalog_fallback_only_when_the_fetch_fails(monkeypatch):
         return io.BytesIO(b"real catalog")
 
     monkeypatch.setattr(urllib.request, "urlopen", fake)
-    adapter._patch_catalog_fetch()
-    assert urllib.request.urlopen(catalog).read() == b"real catalog"  # with a network: untouched
-    placeholders = json.loads(urllib.request.urlopen(catalog + "?offline").read())
-    assert placeholders and all(r["urls"] == [] for r in placeholders)
-    with pytest.raises(urllib.error.URLError):  # other URLs keep failing as they should
-        urllib.request.urlopen("https://example.org/offline")
+    with adapter._catalog_fallback():
+        assert urllib.request.urlopen(catalog).read() == b"real catalog"  # with a network: untouched
+        placeholders = json.loads(urllib.request.urlopen(catalog + "?offline").read())
+        assert placeholders and all(r["urls"] == [] for r in placeholders)
+        with pytest.raises(urllib.error.URLError):  # other URLs keep failing as they should
+            urllib.request.urlopen("https://example.org/offline")
     assert len(calls) == 3
+    assert urllib.request.urlopen is fake  # the process's urlopen is back once Pyserini is imported
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(catalog + "?offline")
 
 
 def test_local_corpus_and_topics_without_qrels(tmp_path, capsys):

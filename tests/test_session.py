@@ -105,3 +105,59 @@ def test_one_candidate_session(tiny_llama):
     assert s.greedy_ranking() == [0]
     v = s.verify([0])
     assert v.accepted.tolist() == [1] and v.matrices.shape == (1, 1, 1)
+
+
+def test_a_pass_feeds_only_the_tail_after_the_verified_prefix(tiny_llama, query_docs):
+    # Guards the prefix reuse: without it every pass would feed all K-1 identifier + separator groups.
+    s = TargetSession(tiny_llama, *query_docs[0])
+    step, k = s._step, s.k
+    first = _shuffled(k, 11)
+    s.verify(first)
+    assert s.fed_tokens == [(k - 1) * step] and s.passes == 1
+    for keep in (12, 3, 0):
+        second = first[:keep] + sorted(first[keep:], reverse=first[keep] < first[-1])
+        shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
+        assert shared >= keep
+        s.verify(second)
+        assert s.fed_tokens[-1] == (k - 1 - shared) * step
+        s.verify(first)  # back to the first ranking: again only the differing tail
+        assert s.fed_tokens[-1] == (k - 1 - shared) * step
+    s.verify(first)  # the very ranking the session holds: nothing to feed, no forward
+    assert s.passes == 7 and len(s.fed_tokens) == 7
+    s.forget()
+    s.verify(first)
+    assert s.fed_tokens[-1] == (k - 1) * step  # forget() keeps only the prompt's KV
+
+
+def test_weights_fingerprint_sees_every_weight():
+    from rsd_rerank.targets import random_llama, weights_fingerprint
+
+    shape = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1
+    )
+    a, b, tuned = (random_llama(seed=0, **shape) for _ in range(3))
+    assert weights_fingerprint(a.model) == weights_fingerprint(b.model)
+    with torch.no_grad():  # a fine-tune of one middle layer only (hashed once per loaded model: before first use)
+        tuned.model.model.layers[1].mlp.up_proj.weight[3, 5] += 1e-3
+    assert weights_fingerprint(tuned.model) != weights_fingerprint(a.model)
+
+
+def test_loading_a_target_leaves_hugging_face_progress_bars_as_they_were():
+    from transformers.utils import logging as hf_logging
+
+    from rsd_rerank.targets import load_target
+
+    hf_logging.enable_progress_bar()
+    load_target()
+    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    load_target()
+    assert not hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+
+
+def test_free_generation_goes_through_the_session(tiny_llama, query_docs):
+    s = TargetSession(tiny_llama, *query_docs[0])
+    generation = s.generate(max_new_tokens=5, min_new_tokens=5)
+    assert generation.new_tokens == 5 and generation.seconds > 0 and isinstance(generation.text, str)
+    assert s.passes == 0  # generation's steps are not verification passes

@@ -25,7 +25,7 @@ import zipfile
 from collections import defaultdict
 from pathlib import Path
 
-from rsd_rerank.runs import atomic_write
+from rsd_rerank.files import atomic_write
 from rsd_rerank.targets import cache_dir
 
 WHEEL = "recbole==1.2.1"

@@ -1,9 +1,10 @@
 """Target rankings and Stage I states, computed once per (model, prompt, query, candidates) and kept on disk.
 
 Each query's entry is one safetensors file written atomically, named by a hash of everything that
-determines it, so a killed run resumes where it stopped and a changed prompt or model never reads a
-stale entry. An entry holds the exact target σ_tr (constrained greedy decoding) and the states of
-one consensus trajectory of T passes (rankings, matrices): Stage I's supervised examples.
+determines it (the target's fingerprint covers every weight), so a killed run resumes where it
+stopped and a changed prompt or model never reads a stale entry. An entry holds the exact target
+σ_tr (constrained greedy decoding) and the states of one consensus trajectory of T passes
+(rankings, matrices, i*): Stage I's supervised examples.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rsd_rerank.agent import tokenizer_fingerprint
-from rsd_rerank.decoding import ConsensusProposer, decode
+from rsd_rerank.decoding import decode
+from rsd_rerank.files import replacing
 from rsd_rerank.prompt import PromptConfig
+from rsd_rerank.proposers import ConsensusProposer
 from rsd_rerank.session import TargetSession
-from rsd_rerank.targets import Target, cache_dir
+from rsd_rerank.targets import Target, cache_dir, tokenizer_fingerprint, weights_fingerprint
 
 __all__ = ["CachedQuery", "target_fingerprint", "cached_queries"]
 
@@ -37,16 +39,13 @@ class CachedQuery:
     """[t, K] the rankings verified in passes 1..t where the proposer then acted (t ≤ T)."""
     matrices: torch.Tensor
     """[t, K, K] their verification matrices."""
+    accepted: torch.Tensor
+    """[t] i* of each of those passes."""
 
 
 def target_fingerprint(target: Target) -> str:
-    """Name, architecture config and a digest of the weights' first and last tensors: what makes the target."""
-    model = target.model
-    params = list(model.parameters())
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    for p in (params[0], params[-1]):
-        digest.update(p.detach().float().cpu().numpy().tobytes()[: 1 << 20])
-    return f"{target.name}|{tokenizer_fingerprint(target.tokenizer)}|{digest.hexdigest()[:16]}"
+    """Name, tokenizer and a digest of the config and every weight: what makes the target."""
+    return f"{target.name}|{tokenizer_fingerprint(target.tokenizer)}|{weights_fingerprint(target.model)}"
 
 
 def _key(fingerprint: str, prompt: PromptConfig, budget: int, request) -> str:
@@ -66,13 +65,15 @@ def _compute(target: Target, request, prompt: PromptConfig, budget: int) -> dict
     k = session.k
     if decoded.steps:
         last = decoded.steps[-1].state
-        rankings, matrices = last.rankings[0], last.matrices[0]
+        rankings, matrices, accepted = last.rankings[0], last.matrices[0], last.accepted[0]
     else:  # the STD order verified whole: the proposer never acted, nothing to learn from
         rankings, matrices = torch.empty(0, k, dtype=torch.long), torch.empty(0, k, k)
+        accepted = torch.empty(0, dtype=torch.long)
     return {
         "target": torch.tensor(session.greedy_ranking()),
-        "rankings": rankings.contiguous(),
-        "matrices": matrices.contiguous(),
+        "rankings": rankings.contiguous().cpu(),
+        "matrices": matrices.contiguous().cpu(),
+        "accepted": accepted.contiguous().cpu(),
     }
 
 
@@ -99,9 +100,13 @@ def cached_queries(
     for request in tqdm(requests, desc=f"target cache ({target.name})", unit="query"):
         path = root / f"{_key(fingerprint, prompt, budget, request)}.safetensors"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            save_file(_compute(target, request, prompt, budget), str(tmp), metadata={"qid": str(request.query.qid)})
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                entry = _compute(target, request, prompt, budget)
+                save_file(entry, str(tmp), metadata={"qid": str(request.query.qid)})
         entry = load_file(str(path))
-        out.append(CachedQuery(str(request.query.qid), entry["target"], entry["rankings"], entry["matrices"]))
+        out.append(
+            CachedQuery(
+                str(request.query.qid), entry["target"], entry["rankings"], entry["matrices"], entry["accepted"]
+            )
+        )
     return out

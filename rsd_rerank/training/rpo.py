@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 
 from rsd_rerank.agent import Agent, free_slots_from, pl_log_prob
-from rsd_rerank.decoding import Decoded, Round
+from rsd_rerank.decoding import Decoded
 from rsd_rerank.metrics import spearman_rho
+from rsd_rerank.proposers import Round
 
 __all__ = ["ADVANTAGES", "advantages", "kl_to_reference", "rewards", "rpo_loss", "supervised_loss"]
 
@@ -42,7 +43,7 @@ def advantages(returns: torch.Tensor, kind: str) -> torch.Tensor:
 def _free_mask(state: Round, rankings: torch.Tensor) -> torch.Tensor:
     """[B, K] items the agent placed (slots >= i* + 1) in ``rankings``."""
     slot = torch.argsort(rankings, dim=1)
-    return slot >= free_slots_from(state.accepted)[:, None]
+    return slot >= free_slots_from(state.latest_accepted)[:, None]
 
 
 def kl_to_reference(logits: torch.Tensor, reference: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ def rpo_loss(
     kl_term = torch.zeros(())
     for step in decoded.steps:
         logits = agent(step.state)
-        free_from = free_slots_from(step.state.accepted)
+        free_from = free_slots_from(step.state.latest_accepted)
         log_p = pl_log_prob(logits, step.rankings, free_from)[1:]
         policy_term = policy_term - (adv * log_p).mean() / budget
         with torch.no_grad():
@@ -82,6 +83,6 @@ def supervised_loss(agent: Agent, state: Round, target: torch.Tensor) -> torch.T
     target's tail after slot i* is exactly what the agent should have proposed.
     """
     logits = agent(state)
-    free_from = free_slots_from(state.accepted)
+    free_from = free_slots_from(state.latest_accepted)
     n_free = (target.shape[1] - free_from).clamp(min=1)
     return -(pl_log_prob(logits, target, free_from) / n_free).mean()

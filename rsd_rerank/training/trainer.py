@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rsd_rerank.agent import Agent, AgentConfig, AgentProposer, save_agent, tokenizer_fingerprint
-from rsd_rerank.decoding import Round, decode
+from rsd_rerank.agent import Agent, AgentConfig, AgentProposer, save_agent
+from rsd_rerank.decoding import decode
+from rsd_rerank.files import replacing
 from rsd_rerank.metrics import similarity
 from rsd_rerank.prompt import PromptConfig
-from rsd_rerank.session import TargetSession, accepted_length, greedy_choices
-from rsd_rerank.targets import Target
+from rsd_rerank.proposers import Round
+from rsd_rerank.session import TargetSession
+from rsd_rerank.targets import Target, tokenizer_fingerprint
 from rsd_rerank.training.cache import CachedQuery, cached_queries
 from rsd_rerank.training.rpo import ADVANTAGES, rpo_loss, supervised_loss
 
@@ -38,15 +40,21 @@ class TrainConfig:
     """Every setting of a training run (stored in the checkpoint's metadata)."""
 
     agent: AgentConfig = field(default_factory=AgentConfig)
+    """The agent's network and policy."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    """How training requests become prompts (as at ranking time)."""
     budget: int = 5
     """T: passes per trajectory (RPO) and of the cached consensus trajectory (Stage I states)."""
     group: int = 8
     """G: sampled trajectories per query in RPO (plus one greedy reference)."""
     stage1_epochs: int = 20
+    """Stage I (supervised) epochs over every cached consensus state."""
     stage1_lr: float = 1e-3
+    """Adam learning rate of Stage I."""
     rpo_epochs: int = 1
+    """RPO epochs; 0 stops after Stage I (the paper's "w/o RPO")."""
     rpo_lr: float = 1e-4
+    """Adam learning rate of RPO."""
     rpo_queries: int | None = None
     """RL queries per epoch (the first of each epoch's shuffled order); None = all training queries."""
     batch: int = 16
@@ -60,6 +68,7 @@ class TrainConfig:
     save_every: int = 64
     """RPO queries between checkpoints."""
     seed: int = 0
+    """Fixes the split, each epoch's query order and every sampled trajectory."""
 
     def __post_init__(self):
         if self.advantage not in ADVANTAGES:
@@ -81,14 +90,9 @@ def _states(queries: list[CachedQuery]) -> list[tuple[Round, torch.Tensor]]:
     for t, group in sorted(by_round.items()):
         rankings = torch.stack([q.rankings[:t] for q in group])
         matrices = torch.stack([q.matrices[:t] for q in group])
-        latest = rankings[:, -1]
-        accepted = accepted_length(latest, greedy_choices(latest, matrices[:, -1]))
-        out.append((Round(matrices[:, 0, 0], rankings, matrices, accepted), torch.stack([q.target for q in group])))
+        accepted = torch.stack([q.accepted[:t] for q in group])
+        out.append((Round(rankings, matrices, accepted), torch.stack([q.target for q in group])))
     return out
-
-
-def _index(state: Round, rows: torch.Tensor) -> Round:
-    return Round(state.first_slot[rows], state.rankings[rows], state.matrices[rows], state.accepted[rows])
 
 
 def validate(agent: Agent, sessions: list[TargetSession], queries: list[CachedQuery]) -> dict:
@@ -112,17 +116,16 @@ def _generator(seed: int, *parts: int) -> torch.Generator:
 
 def _save(out: Path, agent: Agent, reference: Agent, optimizer, progress: dict) -> None:
     save_agent(agent, out)
-    tmp = out / ".train_state.pt.tmp"
-    torch.save(
-        {
-            "agent": agent.state_dict(),
-            "reference": reference.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "progress": progress,
-        },
-        tmp,
-    )
-    os.replace(tmp, out / "train_state.pt")
+    with replacing(out / "train_state.pt") as tmp:
+        torch.save(
+            {
+                "agent": agent.state_dict(),
+                "reference": reference.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "progress": progress,
+            },
+            tmp,
+        )
 
 
 def train(
@@ -209,7 +212,7 @@ def train(
             for state, targets in batches:
                 perm = torch.randperm(targets.shape[0], generator=g)
                 for rows in perm.split(config.batch * 4):
-                    loss = supervised_loss(agent, _index(state, rows), targets[rows])
+                    loss = supervised_loss(agent, state.select(rows), targets[rows])
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()

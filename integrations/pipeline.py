@@ -1,0 +1,112 @@
+"""BM25 → rerank the top k → TREC run → ir-measures next to BM25: the work behind ``rsd-rerank pipeline``.
+
+The run is rewritten atomically after every query, so ``resume`` continues an interrupted run;
+beyond one window (20 candidates) RankLLM's sliding windows rank the list through ``RSDReranker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rsd_rerank.integrations.measures import evaluate
+from rsd_rerank.methods import DecodingConfig
+from rsd_rerank.prompt import PromptConfig
+from rsd_rerank.runs import rank_scores, read_run, rerank_request, write_run
+from rsd_rerank.targets import Target
+
+__all__ = ["PipelineResult", "candidate_requests", "pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+def candidate_requests(index: str | os.PathLike, topics: dict[str, str], hits: int, depth: int):
+    """BM25 runs ``{qid: [(docid, score)…]}`` and RankLLM requests of each query's top ``depth`` hits."""
+    from dacite import from_dict
+    from rank_llm.data import Request
+
+    from rsd_rerank.integrations.pyserini import bm25, request_dicts
+
+    runs = bm25(index, topics, hits)
+    empty = [qid for qid, found in runs.items() if not found]
+    if empty:
+        log.warning("%d queries have no BM25 hits and are left out: %s", len(empty), ", ".join(empty[:10]))
+    return runs, [from_dict(data_class=Request, data=r) for r in request_dicts(index, runs, topics, depth)]
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What ``pipeline`` did: queries reranked now and before (resume), and metrics next to BM25."""
+
+    reranked: int
+    resumed: int
+    metrics: dict[str, dict[str, float]] | None
+    unjudged: list[str]
+
+
+def pipeline(
+    target: Target,
+    index: str | os.PathLike,
+    topics: dict[str, str],
+    qrels: list | None,
+    output: str | os.PathLike,
+    decoding: DecodingConfig,
+    prompt: PromptConfig,
+    hits: int = 100,
+    rerank_top: int = 20,
+    resume: bool = False,
+) -> PipelineResult:
+    """Retrieve, rerank the top ``rerank_top`` of each query, write the run after every query.
+
+    The run keeps all ``hits`` per query: the reranked top k, then BM25's order below it.
+
+    Raises:
+        ValueError: ``output`` exists and ``resume`` is off (nothing written is ever overwritten
+            silently), or ``rerank_top`` < 1.
+    """
+    from rsd_rerank.integrations.pyserini import bm25
+    from rsd_rerank.integrations.rank_llm import RSDReranker
+
+    output = Path(output)
+    if rerank_top < 1 or hits < rerank_top:
+        raise ValueError(f"need 1 <= --rerank-top <= --hits, got {rerank_top} and {hits}")
+    if output.exists() and not resume:
+        raise ValueError(f"{output} exists; pass --resume to continue it or choose another --output")
+    done = read_run(output).hits if output.exists() else {}
+    todo = {q: t for q, t in topics.items() if q not in done}
+    runs, requests = candidate_requests(index, todo, hits, rerank_top) if todo else ({}, [])
+    tag = decoding.run_tag
+    windows = None
+    if rerank_top > 20:  # RankLLM's sliding windows (20, stride 10), as RankLLM users run them
+        windows = RSDReranker(
+            target,
+            method=decoding.method,
+            budget=decoding.budget,
+            agent=decoding.agent,
+            context_size=prompt.context_size,
+            max_passage_words=prompt.max_passage_words,
+            prompt_template_path=prompt.template,
+        )
+    run = dict(done)
+    for request in tqdm(requests, desc=f"{decoding.method}@{decoding.budget}", unit="query"):
+        qid = str(request.query.qid)
+        if windows is None:
+            order = rerank_request(target, request, decoding, prompt).docids
+        else:
+            order = [c.docid for c in windows.rerank_batch([request], rank_end=rerank_top)[0].candidates]
+        reranked = set(order)
+        run[qid] = rank_scores(order + [d for d, _ in runs[qid] if d not in reranked])
+        write_run(output, run, tag)
+    metrics, unjudged = None, []
+    evaluated = evaluate(qrels, {qid: dict(found) for qid, found in run.items()})
+    if evaluated is not None:
+        reranked_metrics, unjudged = evaluated
+        # BM25 beside it over the same queries; those resumed from the run file are searched again.
+        bm25_runs = {**(bm25(index, {q: topics[q] for q in done if q in topics}, hits) if done else {}), **runs}
+        bm25_metrics, _ = evaluate(qrels, {q: dict(found) for q, found in bm25_runs.items() if q in run})
+        metrics = {"BM25": bm25_metrics, tag: reranked_metrics}
+    return PipelineResult(len(requests), len(done), metrics, unjudged)

@@ -1,0 +1,90 @@
+"""The comparison's Markdown table, its plot and its files (``.json``, ``.md``, ``.png``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rsd_rerank.files import atomic_write, replacing
+from rsd_rerank.methods import BUDGETED
+from rsd_rerank.metrics import MEASURES
+
+__all__ = ["markdown_table", "plot", "write_comparison"]
+
+
+def _measure_text(name: str, value: float) -> str:
+    # Correlations in [-1, 1] get three decimals; distances (pairs, slots) one.
+    return f"{value:.3f}" if MEASURES[name].higher_is_better else f"{value:.1f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per (method, T); seconds are medians per query (p90 in the JSON)."""
+
+    def label(r):
+        return r["method"] + (f"@{r['T']}" if r["method"] in BUDGETED else "")
+
+    columns = ["method", "nDCG@10", *MEASURES, "passes", "prefill s", "decode s", "end-to-end s", "parse failures"]
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        ndcg = "–" if r["nDCG@10"] is None else f"{r['nDCG@10']:.4f}"
+        fidelity = [_measure_text(name, r[name]) for name in MEASURES]
+        if r["method"] == "bm25":
+            cells = ["bm25", ndcg, *fidelity, "–", "–", "–", "–", "–"]
+        else:
+            cells = [
+                label(r),
+                ndcg,
+                *fidelity,
+                "–" if r["passes"] is None else f"{r['passes']:.1f}",
+                f"{r['prefill_seconds']['median']:.2f}",
+                f"{r['decode_seconds']['median']:.2f}",
+                f"{r['e2e_seconds']['median']:.2f}",
+                str(r.get("parse_failures", "–")),
+            ]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict], path: str | os.PathLike) -> None:
+    """Budget vs KT and budget vs decode seconds (PNG); unbudgeted methods as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_kt, ax_s) = plt.subplots(1, 2, figsize=(10, 4))
+    budgeted = [r for r in rows if r["method"] in BUDGETED]
+    for method in dict.fromkeys(r["method"] for r in budgeted):
+        pts = sorted((r["T"], r["KT"], r["decode_seconds"]["median"]) for r in budgeted if r["method"] == method)
+        ax_kt.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax_s.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=method)
+    for r in rows:
+        if r["method"] not in BUDGETED and r["method"] != "bm25":
+            ax_kt.axhline(r["KT"], linestyle="--", linewidth=1, label=r["method"], color=f"C{len(ax_kt.lines) % 10}")
+            ax_s.axhline(
+                r["decode_seconds"]["median"],
+                linestyle="--",
+                linewidth=1,
+                label=r["method"],
+                color=f"C{len(ax_s.lines) % 10}",
+            )
+    ax_kt.set(xlabel="budget T (LLM passes)", ylabel="Kendall tau to greedy target")
+    ax_s.set(xlabel="budget T (LLM passes)", ylabel="decode seconds per query (median)")
+    ax_kt.legend(fontsize=8)
+    fig.tight_layout()
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def write_comparison(stem: str | os.PathLike, meta: dict, rows: list[dict], records: list[dict]) -> str:
+    """``stem``.json (rows, per-query records, settings), .md and .png; returns the Markdown table."""
+    stem = Path(stem)
+    table = markdown_table(rows)
+    atomic_write(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows, "records": records}, indent=1) + "\n")
+    atomic_write(
+        stem.with_suffix(".md"), f"# Comparison on {meta['queries']} queries, target {meta['target']}\n\n" + table
+    )
+    plot(rows, stem.with_suffix(".png"))
+    return table

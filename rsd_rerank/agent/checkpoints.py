@@ -1,0 +1,147 @@
+"""Agent checkpoints (``agent.json`` + ``model.safetensors``) and the bundled agents shipped in the package."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rsd_rerank.agent.networks import Agent, AgentConfig
+from rsd_rerank.files import atomic_write, replacing
+from rsd_rerank.targets import tokenizer_fingerprint
+
+__all__ = ["BUNDLED", "load_agent", "resolve_agent", "save_agent"]
+
+log = logging.getLogger(__name__)
+
+
+def save_agent(agent: Agent, directory: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` and ``agent.json`` (config + metadata) into ``directory``, each atomically."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    with replacing(directory / "model.safetensors") as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}, str(tmp))
+    meta = {"config": asdict(agent.config), **agent.metadata}
+    atomic_write(directory / "agent.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def load_agent(directory: str | os.PathLike, target=None, k: int | None = None) -> Agent:
+    """Load a checkpoint directory and check that it fits the target and list length it will serve.
+
+    Every call returns a new ``Agent``: callers may train or move it without touching anyone else's.
+
+    Raises:
+        ValueError: no checkpoint there; a K-tied network asked for another K; a target whose
+            tokenizer differs from the one the agent was trained with (its identifiers would be
+            other tokens).
+
+    A different target with the same tokenizer (the paper's "adaptation") loads with a warning.
+    """
+    path = Path(directory).resolve()
+    # Size and mtime of both files key the cache: a checkpoint rewritten in the same process (training,
+    # then loading) is read again, while ranking query after query reads the files once.
+    meta, weights = _read(str(path), _stamp(path / "agent.json"), _stamp(path / "model.safetensors"))
+    meta = json.loads(meta)
+    config = AgentConfig(**meta.pop("config"))
+    if k is not None and config.k is not None and config.k != k:
+        raise ValueError(
+            f"agent {path.name} ({config.network}) was trained for K = {config.k} items, the list has {k}; "
+            "use an 'equivariant' agent for other list lengths"
+        )
+    if target is not None:
+        fingerprint = tokenizer_fingerprint(target.tokenizer)
+        if meta.get("tokenizer") != fingerprint:
+            raise ValueError(
+                f"agent {path.name} was trained with tokenizer {meta.get('tokenizer')} ({meta.get('target')}), "
+                f"the target {target.name} has tokenizer {fingerprint}: its identifier tokens differ"
+            )
+        if meta.get("target") != target.name:
+            _warn_adaptation(str(path), str(meta.get("target")), target.name)
+    agent = Agent(config, meta)
+    agent.load_state_dict(weights)  # copies: the cached tensors are never the agent's parameters
+    return agent.eval()
+
+
+@functools.cache
+def _warn_adaptation(agent: str, trained_on: str, target: str) -> None:
+    # Once per (agent, target): the agent is loaded for every query.
+    log.warning("agent %s was trained on %s; using it for %s (same tokenizer: adaptation)", agent, trained_on, target)
+
+
+@functools.lru_cache(maxsize=16)
+def _read(directory: str, meta_stamp: Any, weights_stamp: Any) -> tuple[str, dict]:
+    """The checkpoint's ``agent.json`` text and weights, read once per version of the two files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory)
+    try:
+        meta = (path / "agent.json").read_text()
+        config = json.loads(meta)["config"]
+        AgentConfig(**config)
+        weights = load_file(str(path / "model.safetensors"))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, SafetensorError) as err:
+        raise ValueError(f"{path} is not an agent checkpoint (agent.json + model.safetensors): {err}") from err
+    return meta, weights
+
+
+BUNDLED = Path(__file__).resolve().parent.parent / "checkpoints"
+"""Agents shipped inside the package, one folder each (``README.md`` gives the command behind each)."""
+
+
+def resolve_agent(agent: str | os.PathLike | None, target, k: int) -> Agent:
+    """The agent for ``rsd`` on ``target`` with K items: a checkpoint directory, a bundled agent's
+    name, or (None) the bundled agent trained on this target, else one trained with its tokenizer.
+
+    Raises:
+        ValueError: no such checkpoint; or no bundled agent fits the target (train one with
+            ``rsd-rerank train`` and pass its directory).
+    """
+    if agent is None:
+        agent = _default_bundled(target)
+    path = Path(agent)
+    if not path.is_dir():
+        if not (BUNDLED / str(agent)).is_dir():
+            names = ", ".join(sorted(p.name for p in BUNDLED.iterdir() if p.is_dir())) if BUNDLED.is_dir() else ""
+            raise ValueError(f"no agent checkpoint {str(agent)!r}: not a directory, nor a bundled agent ({names})")
+        path = BUNDLED / str(agent)
+    return load_agent(path.resolve(), target=target, k=k)
+
+
+@functools.cache
+def _bundled_metadata() -> dict[str, dict]:
+    """Each bundled agent's ``agent.json``, read once: they are package files and do not change."""
+    return {
+        p.name: json.loads((p / "agent.json").read_text())
+        for p in sorted(BUNDLED.glob("*"))
+        if (p / "agent.json").exists()
+    }
+
+
+def _default_bundled(target) -> str:
+    metas = _bundled_metadata()
+    for name, meta in metas.items():
+        if meta.get("target") == target.name:
+            return name
+    fingerprint = tokenizer_fingerprint(target.tokenizer)
+    for name, meta in metas.items():
+        if meta.get("tokenizer") == fingerprint:
+            return name
+    raise ValueError(
+        f"no bundled agent was trained on {target.name} or its tokenizer; train one with "
+        "`rsd-rerank train --model … --out DIR` and pass --agent DIR"
+    )

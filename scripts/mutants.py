@@ -1,0 +1,136 @@
+"""Mutation check: each deliberate bug in the engine must make the tests that guard it fail.
+
+Each mutant edits one line of a temporary copy of the package (the edit must find its line exactly
+once, so a mutant that no longer applies is an error, not a silent pass) and runs the tests named
+for it there; the run must end with failing tests (pytest exit 1), not pass and not crash.
+
+    .venv/bin/python scripts/mutants.py            # all mutants
+    .venv/bin/python scripts/mutants.py prefix-reuse-off
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    before: str
+    after: str
+    tests: tuple[str, ...]
+    """pytest node ids (relative to the repository) that must fail."""
+
+
+MUTANTS = (
+    Mutant(
+        "prefix-reuse-off",
+        "rsd_rerank/session.py",
+        "    def _shared_prefix(self, ranking: torch.Tensor) -> int:\n",
+        "    def _shared_prefix(self, ranking: torch.Tensor) -> int:\n        return 0\n",
+        (
+            "tests/test_session.py::test_a_pass_feeds_only_the_tail_after_the_verified_prefix",
+            "tests/test_decoding.py::test_a_later_round_feeds_only_the_tail_after_its_verified_prefix",
+        ),
+    ),
+    Mutant(
+        "bonus-dropped",
+        "rsd_rerank/decoding.py",
+        "    fixed = (slot_of < i_star[:, None]) | is_bonus\n",
+        "    fixed = slot_of < i_star[:, None]\n",
+        (
+            "tests/test_decoding.py::test_next_ranking_equals_the_row_by_row_reference_on_random_inputs",
+            "tests/test_decoding.py::test_theorem_1_for_random_lists_and_every_proposer",
+        ),
+    ),
+    Mutant(
+        "proposer-ignored",
+        "rsd_rerank/decoding.py",
+        '    order = torch.argsort(-scores.masked_fill(fixed, float("inf")), dim=1, stable=True)\n',
+        '    order = torch.argsort(-torch.zeros_like(scores).masked_fill(fixed, float("inf")), dim=1, stable=True)\n',
+        ("tests/test_decoding.py::test_next_ranking_equals_the_row_by_row_reference_on_random_inputs",),
+    ),
+    Mutant(
+        "i-star-off-by-one",
+        "rsd_rerank/session.py",
+        "    return (rankings == greedy).long().cumprod(dim=1).sum(dim=1)\n",
+        "    return ((rankings == greedy).long().cumprod(dim=1).sum(dim=1) + 1).clamp(max=rankings.shape[1])\n",
+        (
+            "tests/test_session.py::test_accepted_is_the_longest_greedy_prefix",
+            "tests/test_decoding.py::test_theorem_1_for_random_lists_and_every_proposer",
+        ),
+    ),
+)
+
+
+def _copy_tree(dest: Path) -> None:
+    """The package (with integrations/ where it is imported from) and the tests, as they are now."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "rsd_rerank", dest / "rsd_rerank", ignore=ignore)
+    shutil.copytree(ROOT / "integrations", dest / "rsd_rerank" / "integrations", ignore=ignore)
+    shutil.copytree(ROOT / "tests", dest / "tests", ignore=ignore)
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    shutil.copytree(ROOT / "examples", dest / "examples", ignore=ignore)
+
+
+def run_mutant(mutant: Mutant) -> tuple[int, str]:
+    """Apply ``mutant`` to a fresh copy and run its tests there; returns pytest's exit code and summary."""
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
+        dest = Path(tmp)
+        _copy_tree(dest)
+        path = dest / mutant.file
+        source = path.read_text()
+        if source.count(mutant.before) != 1:
+            raise SystemExit(f"mutant {mutant.name}: its line is not in {mutant.file} exactly once; update the mutant")
+        path.write_text(source.replace(mutant.before, mutant.after))
+        env = {"PYTHONPATH": str(dest), "PATH": "/usr/bin:/bin"}
+        where = subprocess.run(
+            [sys.executable, "-c", "import rsd_rerank.session as s; print(s.__file__)"],
+            cwd=dest,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert where.startswith(str(dest)), f"the mutant copy is not the one imported: {where}"
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-p", "no:cacheprovider", *mutant.tests],
+            cwd=dest,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
+        return done.returncode, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+    survived = []
+    for mutant in chosen:
+        code, summary = run_mutant(mutant)
+        caught = code == 1  # 1: tests failed; 0 would be a surviving mutant, other codes a broken run
+        print(f"{mutant.name:20s} {'caught' if caught else 'SURVIVED'}  ({summary})", flush=True)
+        if not caught:
+            survived.append(mutant.name)
+    if survived:
+        print(f"mutants not caught: {', '.join(survived)}")
+        return 1
+    print(f"all {len(chosen)} mutants caught")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
