@@ -13,9 +13,10 @@ import numpy as np
 from tqdm import tqdm
 
 from rsd_rerank.integrations.measures import evaluate
-from rsd_rerank.methods import DecodingConfig, rank
+from rsd_rerank.methods import DecodingConfig, rank_many
 from rsd_rerank.metrics import similarity
-from rsd_rerank.prompt import PromptConfig, check_candidates
+from rsd_rerank.prompt import PromptConfig, build_prompt, check_candidates
+from rsd_rerank.runs import BatchConfig, batches
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
 
@@ -58,66 +59,79 @@ def compare(
     budgets: Sequence[int],
     prompt: PromptConfig,
     agent: str | None = None,
+    batching: BatchConfig = BatchConfig(),
 ) -> list[dict]:
-    """One record per (query, method, budget): ranking, fidelity to the greedy target, passes, seconds."""
+    """One record per (query, method, budget): ranking, fidelity to the greedy target, passes, seconds.
+
+    With ``batching.batch_size`` > 1 the queries of a batch share every forward, and each query's
+    seconds are its share of the batch's (the batch's seconds / its size): throughput, not latency.
+    """
     unknown = [m for m in methods if m not in COMPARE_METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(COMPARE_METHODS)}")
+    for request in requests:
+        check_candidates([str(c.docid) for c in request.candidates])
+    prompts = [
+        build_prompt(target.tokenizer, r.query.text, [c.doc for c in r.candidates], prompt, target.max_positions)
+        for r in requests
+    ]
     records = []
-    for request in tqdm(requests, desc="compare", unit="query"):
-        records += _compare_query(target, request, methods, budgets, prompt, agent)
+    bar = tqdm(total=len(requests), desc="compare", unit="query")
+    for group in batches([len(p.token_ids) for p in prompts], batching):
+        session = TargetSession.from_prompts(target, [prompts[i] for i in group])
+        records += _compare_batch(session, [requests[i] for i in group], methods, budgets, agent)
+        bar.update(len(group))
+    bar.close()
     return records
 
 
-def _compare_query(target, request, methods, budgets, prompt, agent) -> list[dict]:
-    docids = [str(c.docid) for c in request.candidates]
-    check_candidates(docids)
-    session = TargetSession.from_request(target, request, prompt)
-    greedy_decoded = rank(session, DecodingConfig("greedy"))  # the target, computed first: every row needs it
-    greedy = greedy_decoded.ranking
-    records = []
+def _compare_batch(session: TargetSession, requests: list, methods, budgets, agent) -> list[dict]:
+    n = len(requests)
+    greedy_decoded = rank_many(session, DecodingConfig("greedy"))  # the target, computed first: every row needs it
+    records: list[list[dict]] = [[] for _ in range(n)]  # per query, in method order
 
-    def add(method, budget, ranking, passes, decode_seconds, e2e=None, **extra):
-        records.append(
+    def add(q, method, budget, ranking, passes, decode_seconds, e2e=None, **extra):
+        docids = [str(c.docid) for c in requests[q].candidates]
+        prefill = session.prefill_seconds / n
+        records[q].append(
             {
-                "qid": str(request.query.qid),
+                "qid": str(requests[q].query.qid),
                 "method": method,
                 "T": budget,
                 "ranking": [docids[i] for i in ranking],
                 "items": list(ranking),
-                "target": greedy,
+                "target": greedy_decoded[q].ranking,
                 "passes": passes,
-                "prompt_tokens": session.prompt_tokens,
-                "prefill_seconds": session.prefill_seconds,
-                "decode_seconds": decode_seconds,
-                "e2e_seconds": e2e if e2e is not None else session.prefill_seconds + decode_seconds,
+                "prompt_tokens": session.prompt_lengths[q],
+                "batch": n,
+                "prefill_seconds": prefill,
+                "decode_seconds": decode_seconds / n,
+                "e2e_seconds": e2e / n if e2e is not None else prefill + decode_seconds / n,
                 **extra,
             }
         )
 
-    add("bm25", None, list(range(len(docids))), 0, 0.0, e2e=0.0)
+    for q in range(n):
+        add(q, "bm25", None, list(range(session.ks[q])), 0, 0.0, e2e=0.0)
     for method in methods:
         if method == "greedy":
-            add(method, None, greedy, greedy_decoded.trace.passes, greedy_decoded.trace.decode_seconds)
+            for q, d in greedy_decoded.items():
+                add(q, method, None, d.ranking, d.trace.passes, d.trace.decode_seconds)
         elif method == "generate":
-            generation = session.generate()
-            order, repaired = parse_generation(generation.text, session.k)
-            add(
-                method,
-                None,
-                order,
-                None,
-                generation.seconds - session.prefill_seconds,
-                e2e=generation.seconds,
-                parse_failure=repaired,
-            )
+            for q, generation in session.generate_many().items():
+                order, repaired = parse_generation(generation.text, session.ks[q])
+                seconds = generation.seconds
+                add(
+                    q, method, None, order, None, seconds - session.prefill_seconds, e2e=seconds, parse_failure=repaired
+                )
         else:
             # std and first (the same order on one LLM) read the prefill; the rest verify under each budget.
             for t in [0] if method in ("std", "first") else budgets:
                 session.forget()  # each run pays its own passes, as it would alone
-                decoded = rank(session, DecodingConfig("std" if method == "first" else method, t, agent))
-                add(method, t, decoded.ranking, decoded.trace.passes, decoded.trace.decode_seconds)
-    return records
+                decoded = rank_many(session, DecodingConfig("std" if method == "first" else method, t, agent))
+                for q, d in decoded.items():
+                    add(q, method, t, d.ranking, d.trace.passes, d.trace.decode_seconds)
+    return [record for query in records for record in query]
 
 
 def summarise(records: list[dict], qrels: list | None) -> list[dict]:

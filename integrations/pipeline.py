@@ -16,7 +16,7 @@ from tqdm import tqdm
 from rsd_rerank.integrations.measures import evaluate
 from rsd_rerank.methods import DecodingConfig
 from rsd_rerank.prompt import PromptConfig
-from rsd_rerank.runs import rank_scores, read_run, rerank_request, write_run
+from rsd_rerank.runs import BatchConfig, rank_scores, read_run, rerank_requests, write_run
 from rsd_rerank.targets import Target
 
 __all__ = ["PipelineResult", "candidate_requests", "pipeline"]
@@ -59,8 +59,9 @@ def pipeline(
     hits: int = 100,
     rerank_top: int = 20,
     resume: bool = False,
+    batching: BatchConfig = BatchConfig(),
 ) -> PipelineResult:
-    """Retrieve, rerank the top ``rerank_top`` of each query, write the run after every query.
+    """Retrieve, rerank the top ``rerank_top`` of each query, write the run after every batch of queries.
 
     The run keeps all ``hits`` per query: the reranked top k, then BM25's order below it.
 
@@ -90,17 +91,26 @@ def pipeline(
             context_size=prompt.context_size,
             max_passage_words=prompt.max_passage_words,
             prompt_template_path=prompt.template,
+            batch_size=batching.batch_size,
+            max_batch_tokens=batching.max_batch_tokens,
         )
     run = dict(done)
-    for request in tqdm(requests, desc=f"{decoding.method}@{decoding.budget}", unit="query"):
-        qid = str(request.query.qid)
+    bar = tqdm(total=len(requests), desc=tag, unit="query")
+    for start in range(0, len(requests), batching.batch_size):
+        chunk = requests[start : start + batching.batch_size]
         if windows is None:
-            order = rerank_request(target, request, decoding, prompt).docids
+            orders = [r.docids for batch in rerank_requests(target, chunk, decoding, prompt, batching) for r in batch]
         else:
-            order = [c.docid for c in windows.rerank_batch([request], rank_end=rerank_top)[0].candidates]
-        reranked = set(order)
-        run[qid] = rank_scores(order + [d for d, _ in runs[qid] if d not in reranked])
+            orders = [
+                [c.docid for c in result.candidates] for result in windows.rerank_batch(chunk, rank_end=rerank_top)
+            ]
+        for request, order in zip(chunk, orders, strict=True):
+            qid = str(request.query.qid)
+            reranked = set(order)
+            run[qid] = rank_scores(order + [d for d, _ in runs[qid] if d not in reranked])
         write_run(output, run, tag)
+        bar.update(len(chunk))
+    bar.close()
     metrics, unjudged = None, []
     evaluated = evaluate(qrels, {qid: dict(found) for qid, found in run.items()})
     if evaluated is not None:

@@ -2,7 +2,9 @@
 
 RankLLM keeps doing what it does: sliding windows (window 20, stride 10 by default), permutation
 repair (``receive_permutation``), ``Result``/``InferenceInvocation`` bookkeeping and ``DataWriter``
-output. Each window's prompt is RankLLM's own template rendering; instead of free generation the
+output. ``rerank_batch`` walks the windows of every request in lockstep, RankLLM's order within each
+request (a request's windows stay sequential, each depends on the last), and decodes the i-th window
+of up to ``batch_size`` requests in one batched session. Each window's prompt is RankLLM's own template rendering; instead of free generation the
 window is decoded by the core engine (``rsd``, ``greedy``, ``std``, ``gsd``, ``consensus``) and written back
 as the ranking string ``[B] > [A] > …`` that RankLLM parses.
 """
@@ -15,7 +17,7 @@ from typing import Any
 from rank_llm.data import Request, Result
 from rank_llm.rerank.listwise.listwise_rankllm import ListwiseRankLLM
 
-from rsd_rerank.methods import DecodingConfig, rank
+from rsd_rerank.methods import DecodingConfig, rank_many
 from rsd_rerank.prompt import (
     DEFAULT_TEMPLATE,
     IDENTIFIERS,
@@ -27,6 +29,7 @@ from rsd_rerank.prompt import (
     ranking_text,
     template_path,
 )
+from rsd_rerank.runs import BatchConfig, batches
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, load_target
 
@@ -48,6 +51,8 @@ class RSDReranker(ListwiseRankLLM):
         agent: for ``rsd``, an agent checkpoint directory or bundled name; None picks the bundled
             agent trained on the model (``RSDReranker()`` uses the embedded SmolLM2's).
         window_size, stride, context_size, max_passage_words: as in RankLLM.
+        device, dtype: where and in what precision a model loaded by name runs (``load_target``).
+        batch_size, max_batch_tokens: windows decoded together (``rsd_rerank.runs.BatchConfig``).
 
     Every window's passes, i* per round and seconds are recorded in the invocation's
     ``token_usage``. After reranking, candidate scores are set to ``n, n-1, …, 1`` (rank order), so
@@ -67,11 +72,16 @@ class RSDReranker(ListwiseRankLLM):
         stride: int = 10,
         context_size: int = PromptConfig.context_size,
         max_passage_words: int = PromptConfig.max_passage_words,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = BatchConfig.batch_size,
+        max_batch_tokens: int | None = BatchConfig.max_batch_tokens,
     ) -> None:
         if not 1 <= window_size <= len(IDENTIFIERS):
             raise ValueError(f"window_size must be 1..{len(IDENTIFIERS)} (identifiers [A]..[Z]), got {window_size}")
-        self._target: Target = load_target(model, tokenizer)
+        self._target: Target = load_target(model, tokenizer, device=device, dtype=dtype)
         self._decoding = DecodingConfig(method, budget, agent)
+        self._batching = BatchConfig(batch_size, max_batch_tokens)
         template = str(template_path(prompt_template_path))
         self._prompt_config = PromptConfig(template, max_passage_words, context_size)
         super().__init__(
@@ -81,7 +91,7 @@ class RSDReranker(ListwiseRankLLM):
             window_size=window_size,
             stride=stride,
             use_alpha=True,
-            batch_size=1,  # one window at a time: the session owns the model's forward
+            batch_size=batch_size,
             max_passage_words=max_passage_words,
         )
 
@@ -123,27 +133,39 @@ class RSDReranker(ListwiseRankLLM):
         self, prompt: list[dict[str, str]], current_window_size: int | None = None, **kwargs: Any
     ) -> tuple[str, None, dict[str, Any]]:
         """Decode one window; returns (ranking string, no reasoning, usage with the decoding trace)."""
-        k = current_window_size or self._window_size
-        session = TargetSession.from_prompt(self._target, prompt_from_messages(self._target.tokenizer, prompt, k))
-        decoded = rank(session, self._decoding)
-        text = ranking_text(decoded.ranking)
-        trace = decoded.trace
-        usage = {
-            "prompt_tokens": session.prompt_tokens,
-            "completion_tokens": self.num_output_tokens(k),
-            "method": self._decoding.method,
-            "budget": self._decoding.budget,
-            "passes": trace.passes,
-            "accepted": trace.accepted_of(),
-            "prefill_seconds": trace.prefill_seconds,
-            "decode_seconds": trace.decode_seconds,
-        }
-        return text, None, usage
+        return self.run_llm_batched([prompt], current_window_size)[0]
 
     def run_llm_batched(
         self, prompts: list[list[dict[str, str]]], current_window_size: int | None = None, **kwargs: Any
     ) -> list[tuple[str, None, dict[str, Any]]]:
-        return [self.run_llm(p, current_window_size) for p in prompts]
+        """Decode windows of one size, ``batch_size`` at a time in one session each."""
+        k = current_window_size or self._window_size
+        return self._decode_windows(prompts, [k] * len(prompts))
+
+    def _decode_windows(
+        self, prompts: list[list[dict[str, str]]], ks: list[int]
+    ) -> list[tuple[str, None, dict[str, Any]]]:
+        """Decode windows (chat messages listing ``ks[i]`` candidates), batched; RankLLM's output tuples."""
+        tokenized = [prompt_from_messages(self._target.tokenizer, p, k) for p, k in zip(prompts, ks, strict=True)]
+        out: list[tuple[str, None, dict[str, Any]]] = []
+        for group in batches([len(t.token_ids) for t in tokenized], self._batching):
+            session = TargetSession.from_prompts(self._target, [tokenized[i] for i in group])
+            decoded = rank_many(session, self._decoding)
+            for q, i in enumerate(group):
+                trace = decoded[q].trace
+                usage = {
+                    "prompt_tokens": session.prompt_lengths[q],
+                    "completion_tokens": self.num_output_tokens(ks[i]),
+                    "method": self._decoding.method,
+                    "budget": self._decoding.budget,
+                    "passes": trace.passes,
+                    "accepted": trace.accepted_of(),
+                    "prefill_seconds": trace.prefill_seconds,
+                    "decode_seconds": trace.decode_seconds,
+                    "batch": len(group),
+                }
+                out.append((ranking_text(decoded[q].ranking), None, usage))
+        return out
 
     def rerank_batch(
         self,
@@ -154,25 +176,43 @@ class RSDReranker(ListwiseRankLLM):
         logging: bool = False,
         **kwargs: Any,
     ) -> list[Result]:
-        """RankLLM's sliding windows over each request, one window at a time; scores rewritten to rank order."""
+        """RankLLM's sliding windows over every request, the i-th windows of all requests decoded together;
+        scores rewritten to rank order."""
         top_k_retrieve: int = kwargs.get("top_k_retrieve", rank_end)
         populate = kwargs.get("populate_invocations_history", True)
-        results = []
         for request in requests:
             check_candidates([c.docid for c in request.candidates], one_prompt=False)
-            end = min(rank_end, top_k_retrieve, len(request.candidates))
-            result = self.sliding_windows(
-                request,
-                rank_start=max(rank_start, 0),
-                rank_end=end,
-                top_k_retrieve=top_k_retrieve,
-                shuffle_candidates=shuffle_candidates,
-                logging=logging,
-                populate_invocations_history=populate,
-            )
+        results = [
+            Result(query=copy.deepcopy(r.query), candidates=copy.deepcopy(r.candidates), invocations_history=[])
+            for r in requests
+        ]
+        if shuffle_candidates:
+            self.shuffle_and_rescore(results, rank_start, rank_end)
+        window_size = min(self._window_size, top_k_retrieve)
+        first = max(rank_start, 0)
+        # Each request's next window, exactly as RankLLM's sliding_windows walks it: from the bottom up.
+        windows: dict[int, tuple[int, int]] = {}
+        for i, result in enumerate(results):
+            end = min(rank_end, top_k_retrieve, len(result.candidates))
+            if end > max(end - window_size, first):
+                windows[i] = (max(end - window_size, first), end)
+        while windows:
+            order = list(windows)
+            prompts = [self.create_prompt(results[i], *windows[i]) for i in order]
+            outputs = self._decode_windows([p for p, _ in prompts], [windows[i][1] - windows[i][0] for i in order])
+            for i, (prompt, in_tokens), llm_out in zip(order, prompts, outputs, strict=True):
+                start, end = windows.pop(i)
+                results[i] = self._apply_llm_output_to_result(
+                    results[i], llm_out, prompt, in_tokens, start, end, logging, populate
+                )
+                if start != first:  # once the first candidate is in a window, further windows are redundant
+                    end -= self._stride
+                    start = max(start - self._stride, first)
+                    if end > start:
+                        windows[i] = (start, end)
+        for result in results:
             n = len(result.candidates)
             result.candidates = [copy.copy(c) for c in result.candidates]
             for i, candidate in enumerate(result.candidates):
                 candidate.score = float(n - i)
-            results.append(result)
         return results

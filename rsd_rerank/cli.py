@@ -18,6 +18,8 @@ from rsd_rerank.agent import K_TIED, NETWORKS, AgentConfig
 from rsd_rerank.methods import BUDGETED, METHODS, DecodingConfig
 from rsd_rerank.metrics import MEASURES
 from rsd_rerank.prompt import PromptConfig
+from rsd_rerank.runs import BatchConfig
+from rsd_rerank.targets import DTYPES, TargetConfig
 from rsd_rerank.training.rpo import ADVANTAGES
 from rsd_rerank.training.trainer import TrainConfig
 
@@ -26,7 +28,9 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("rsd_rerank")
 
 # Options built from the config dataclasses (their defaults and field docstrings are the only source).
+TARGET_FIELDS = ("model", "device", "dtype", "device_map")
 PROMPT_FIELDS = ("template", "max_passage_words", "context_size")
+BATCH_FIELDS = ("batch_size", "max_batch_tokens")
 DECODING_FIELDS = ("method", "budget", "agent")
 AGENT_FIELDS = ("network", "temperature", "hidden", "layers", "heads")
 TRAIN_FIELDS = (
@@ -44,7 +48,7 @@ TRAIN_FIELDS = (
     "save_every",
     "seed",
 )
-CHOICES = {"method": METHODS, "network": NETWORKS, "advantage": ADVANTAGES}
+CHOICES = {"method": METHODS, "network": NETWORKS, "advantage": ADVANTAGES, "dtype": DTYPES, "device_map": ("auto",)}
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -95,10 +99,20 @@ def config_from(cls: type, args: argparse.Namespace, names: Sequence[str], **fix
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", default=None, help="'smollm2' (embedded, default), 'random-llama', or a local HF model dir"
-    )
+    add_config_options(p, TargetConfig, TARGET_FIELDS)
     add_config_options(p, PromptConfig, PROMPT_FIELDS)
+    add_config_options(p, BatchConfig, BATCH_FIELDS)
+
+
+def _load_target(args: argparse.Namespace):
+    from rsd_rerank.targets import load_target
+
+    config = config_from(TargetConfig, args, TARGET_FIELDS)
+    return load_target(config.model, device=config.device, dtype=config.dtype, device_map=config.device_map)
+
+
+def _batch_config(args: argparse.Namespace) -> BatchConfig:
+    return config_from(BatchConfig, args, BATCH_FIELDS)
 
 
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:
@@ -122,11 +136,11 @@ def _decoding_config(args: argparse.Namespace) -> DecodingConfig:
 def _cmd_rerank(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from rsd_rerank.runs import rank_scores, read_requests, rerank_request, write_run
-    from rsd_rerank.targets import load_target
+    from rsd_rerank.runs import rank_scores, read_requests, rerank_requests, write_run
 
     decoding = _decoding_config(args)
     prompt = _prompt_config(args)
+    batching = _batch_config(args)
     requests = read_requests(args.requests)
     qids = [str(r.query.qid) for r in requests]
     repeated = sorted({q for q in qids if qids.count(q) > 1})
@@ -134,16 +148,21 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
         raise ValueError(
             f"{args.requests} repeats qids {', '.join(repeated[:10])}: a TREC run holds one ranking per qid"
         )
-    target = load_target(args.model)
+    target = _load_target(args)
     ranked = []
-    for request in tqdm(requests, desc=f"{args.method}@{args.budget}", unit="query", file=sys.stderr):
-        r = rerank_request(target, request, decoding, prompt)
-        ranked.append(r)
-        t = r.trace
-        tqdm.write(
-            f"qid {r.qid}: K={len(r.docids)} prompt={r.prompt_tokens} tok, passes={t.passes}, "
-            f"prefill {t.prefill_seconds:.2f}s, decode {t.decode_seconds:.2f}s, i*={t.accepted_of()}"
-        )
+    bar = tqdm(total=len(requests), desc=decoding.run_tag, unit="query", file=sys.stderr)
+    for batch in rerank_requests(target, requests, decoding, prompt, batching):
+        ranked += batch
+        bar.update(len(batch))
+        for r in batch:
+            t = r.trace
+            tqdm.write(
+                f"qid {r.qid}: K={len(r.docids)} prompt={r.prompt_tokens} tok, passes={t.passes}, "
+                f"prefill {t.prefill_seconds:.2f}s, decode {t.decode_seconds:.2f}s"
+                + (f" (batch of {len(batch)})" if len(batch) > 1 else "")
+                + f", i*={t.accepted_of()}"
+            )
+    bar.close()
     n = write_run(args.output, {r.qid: rank_scores(r.docids) for r in ranked}, decoding.run_tag)
     print(f"wrote {n} lines for {len(ranked)} queries to {args.output}")
 
@@ -213,12 +232,11 @@ def _print_metrics(metrics: dict[str, dict[str, float]], unjudged: list[str]) ->
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:
     from rsd_rerank.integrations.pipeline import pipeline
-    from rsd_rerank.targets import load_target
 
     decoding = _decoding_config(args)
     topics, judged = _topics_and_qrels(args)
     result = pipeline(
-        load_target(args.model),
+        _load_target(args),
         args.index,
         topics,
         judged,
@@ -228,6 +246,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
         hits=args.hits,
         rerank_top=args.rerank_top,
         resume=args.resume,
+        batching=_batch_config(args),
     )
     print(f"reranked {result.reranked} queries ({result.resumed} already in {args.output}); run in {args.output}")
     if result.metrics is None:
@@ -242,7 +261,6 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     from rsd_rerank.integrations.pipeline import candidate_requests
     from rsd_rerank.integrations.report import write_comparison
     from rsd_rerank.runs import read_requests
-    from rsd_rerank.targets import load_target
 
     if args.requests:
         requests = read_requests(args.requests)[: args.queries]
@@ -257,8 +275,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         raise ValueError(f"--methods {args.methods!r} names no method")
     if args.agent is not None and "rsd" not in methods:
         log.warning("--agent is ignored: --methods has no rsd")
-    target = load_target(args.model)
-    records = compare(target, requests, judged, methods, args.budgets, _prompt_config(args), args.agent)
+    target = _load_target(args)
+    records = compare(
+        target, requests, judged, methods, args.budgets, _prompt_config(args), args.agent, _batch_config(args)
+    )
     rows = summarise(records, judged)
     meta = {
         "target": target.name,
@@ -292,7 +312,6 @@ def _add_topic_options(p: argparse.ArgumentParser, required: bool = True) -> Non
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from rsd_rerank.runs import read_requests
-    from rsd_rerank.targets import load_target
     from rsd_rerank.training import train
 
     requests = read_requests(args.requests)
@@ -302,7 +321,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise ValueError(f"the {args.network!r} network is tied to one list length; the requests have {ks}")
     agent = config_from(AgentConfig, args, AGENT_FIELDS, k=ks[0] if tied else None)
     config = config_from(TrainConfig, args, TRAIN_FIELDS, agent=agent, prompt=_prompt_config(args))
-    agent = train(load_target(args.model), requests, args.out, config, resume=args.resume)
+    agent = train(_load_target(args), requests, args.out, config, resume=args.resume, batching=_batch_config(args))
     for budget, m in agent.metadata["validation"].items():
         print(f"validation {budget}: " + " ".join(f"{name} {m[name]:.4f}" for name in MEASURES))
     print(f"wrote agent to {args.out}")

@@ -8,14 +8,17 @@
         σ_t[i*+1:] = proposer's order of the rest          # GSD, consensus, or the RSD agent
 
 The loop knows no method names: it gets a ``Proposer`` (``rsd_rerank.proposers``) and a budget;
-``rsd_rerank.methods`` maps a method to a proposer. It runs B trajectories side by side (one
-batched verification per round) so that training can roll out G samples of one query at the cost of
-one forward a round; ranking one query is B = 1. Passes and seconds come from the session, which
-counts and times every forward it makes.
+``rsd_rerank.methods`` maps a method to a proposer. It runs B trajectories of a query side by side
+(one batched verification per round) so that training can roll out G samples of one query at the
+cost of one forward a round; ranking one query is B = 1. ``decode_many`` runs the loops of several
+queries of one session in lockstep: each round, every query still decoding sends its rankings and
+all of them are verified in one forward; a query that is done (all verified, or its budget spent)
+leaves the batch. Passes and seconds come from the session, which counts and times every forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +26,7 @@ import torch
 from rsd_rerank.proposers import Proposer, Round
 from rsd_rerank.session import TargetSession, Verification
 
-__all__ = ["Decoded", "Step", "Trace", "decode", "initial_ranking", "next_ranking", "traced"]
+__all__ = ["Decoded", "Step", "Trace", "decode", "decode_many", "initial_ranking", "next_ranking", "traced"]
 
 
 @dataclass
@@ -97,16 +100,19 @@ def next_ranking(sigma: torch.Tensor, verification: Verification, scores: torch.
     return torch.argsort(new_slot, dim=1)
 
 
-def decode(session: TargetSession, proposer: Proposer, budget: int, trajectories: int = 1) -> Decoded:
-    """Up-to-down decoding with at most ``budget`` verification passes; stops early once all verify."""
-    start, passes_before = session.clock(), session.passes
-    sigma = initial_ranking(session.first_slot()).expand(trajectories, -1).clone()
+Loop = Generator[torch.Tensor, Verification, tuple[torch.Tensor, list[list[int]], list[Step]]]
+
+
+def rounds(first_slot: torch.Tensor, k: int, proposer: Proposer, budget: int, trajectories: int) -> Loop:
+    """Eq. 1 for one query, as a coroutine: yields σ_{t-1} [B, K] to verify, receives its ``Verification``;
+    returns the final σ, i* per round and the proposer's steps. Stops early once every trajectory verifies."""
+    sigma = initial_ranking(first_slot).expand(trajectories, -1).clone()
     accepted_rounds: list[list[int]] = []
     rankings, matrices, accepted, steps = [], [], [], []
     for _ in range(budget):
-        v = session.verify(sigma)
+        v = yield sigma
         accepted_rounds.append(v.accepted.tolist())
-        if bool((v.accepted >= session.k).all()):
+        if bool((v.accepted >= k).all()):
             break
         rankings.append(sigma)
         matrices.append(v.matrices)
@@ -114,15 +120,56 @@ def decode(session: TargetSession, proposer: Proposer, budget: int, trajectories
         state = Round(torch.stack(rankings, 1), torch.stack(matrices, 1), torch.stack(accepted, 1))
         sigma = next_ranking(sigma, v, proposer.scores(state))
         steps.append(Step(state, sigma))
-    trace = traced(session, start, passes_before)
-    trace.accepted = accepted_rounds
-    return Decoded(sigma, trace, tuple(steps))
+    return sigma, accepted_rounds, steps
 
 
-def traced(session: TargetSession, start: float, passes_before: int) -> Trace:
-    """The trace of work done on ``session`` since ``start`` (its clock) and ``passes_before``."""
+def decode_many(
+    session: TargetSession, proposers: Mapping[int, Proposer], budget: int, trajectories: int = 1
+) -> dict[int, Decoded]:
+    """Up-to-down decoding of several queries of ``session`` (query index → its proposer), with at most
+    ``budget`` verification passes each, every round's rankings verified in one forward."""
+    start, passes_before = session.clock(), list(session.query_passes)
+    loops = {q: rounds(session.first_slot(q), session.ks[q], p, budget, trajectories) for q, p in proposers.items()}
+    pending: dict[int, torch.Tensor] = {}
+    finished: dict[int, tuple] = {}
+
+    def advance(q: int, sent: Verification | None) -> None:
+        try:
+            pending[q] = next(loops[q]) if sent is None else loops[q].send(sent)
+        except StopIteration as stop:
+            finished[q] = stop.value
+
+    for q in loops:
+        advance(q, None)
+    while pending:
+        verifications = session.verify_many(pending)
+        pending = {}
+        for q, v in verifications.items():
+            advance(q, v)
+    seconds = session.clock() - start
+    out = {}
+    for q in proposers:
+        sigma, accepted_rounds, steps = finished[q]
+        trace = Trace(
+            accepted=accepted_rounds,
+            passes=session.query_passes[q] - passes_before[q],
+            prefill_seconds=session.prefill_seconds,
+            decode_seconds=seconds,
+        )
+        out[q] = Decoded(sigma, trace, tuple(steps))
+    return out
+
+
+def decode(session: TargetSession, proposer: Proposer, budget: int, trajectories: int = 1, query: int = 0) -> Decoded:
+    """Up-to-down decoding of one query with at most ``budget`` verification passes; stops early once all verify."""
+    return decode_many(session, {query: proposer}, budget, trajectories)[query]
+
+
+def traced(session: TargetSession, start: float, passes_before: int, query: int = 0) -> Trace:
+    """The trace of work done for ``query`` since ``start`` (the session's clock) and ``passes_before``
+    (its ``query_passes`` then)."""
     return Trace(
-        passes=session.passes - passes_before,
+        passes=session.query_passes[query] - passes_before,
         prefill_seconds=session.prefill_seconds,
         decode_seconds=session.clock() - start,
     )

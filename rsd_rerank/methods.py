@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import torch
 
 from rsd_rerank.agent import AgentProposer, resolve_agent
-from rsd_rerank.decoding import Decoded, decode, traced
+from rsd_rerank.decoding import Decoded, decode_many, traced
 from rsd_rerank.proposers import PROPOSERS, GSDProposer, Proposer
 from rsd_rerank.session import TargetSession
 
-__all__ = ["BUDGETED", "METHODS", "DecodingConfig", "proposer_for", "rank"]
+__all__ = ["BUDGETED", "METHODS", "DecodingConfig", "proposer_for", "rank", "rank_many"]
 
 METHODS = ("greedy", "std", "gsd", "consensus", "rsd")
 """``greedy``: the exact target (K-1 decode steps); ``std``: first-slot order, no pass;
@@ -49,10 +49,11 @@ class DecodingConfig:
             raise ValueError(f"the budget must be >= 0 passes, got {self.budget}")
 
 
-def proposer_for(config: DecodingConfig, session: TargetSession) -> Proposer:
-    """The proposer of a loop method (``std`` never calls its proposer: budget 0)."""
+def proposer_for(config: DecodingConfig, session: TargetSession, query: int = 0) -> Proposer:
+    """The proposer of a loop method for one query of ``session`` (``std`` never calls it: budget 0)."""
     if config.method == "rsd":
-        return AgentProposer(resolve_agent(config.agent, session.target, session.k))
+        # Built on the target's device: every tensor of the loop lives there.
+        return AgentProposer(resolve_agent(config.agent, session.target, session.ks[query]).to(session.device))
     if config.method == "std":
         return GSDProposer()
     if config.method not in PROPOSERS:
@@ -60,11 +61,27 @@ def proposer_for(config: DecodingConfig, session: TargetSession) -> Proposer:
     return PROPOSERS[config.method]()
 
 
-def rank(session: TargetSession, config: DecodingConfig = DecodingConfig()) -> Decoded:
-    """Rank the session's candidates with ``config.method`` under ``config.budget``."""
+def rank_many(
+    session: TargetSession, config: DecodingConfig = DecodingConfig(), queries: list[int] | None = None
+) -> dict[int, Decoded]:
+    """Rank the candidates of ``queries`` (default: all of the session's) with ``config.method`` under
+    ``config.budget``, all queries in the same forwards."""
+    queries = list(range(len(session.prompts))) if queries is None else queries
     if config.method == "greedy":
-        start, passes = session.clock(), session.passes
-        ranking = session.greedy_ranking()
-        return Decoded(torch.tensor([ranking]), traced(session, start, passes))
+        start, before = session.clock(), list(session.query_passes)
+        rankings = session.greedy_rankings(queries)
+        return {
+            q: Decoded(torch.tensor([rankings[q]], device=session.device), traced(session, start, before[q], q))
+            for q in queries
+        }
     budget = 0 if config.method == "std" else config.budget
-    return decode(session, proposer_for(config, session), budget)
+    by_k: dict[int, Proposer] = {}  # one agent per list length, shared by the queries (it holds no state)
+    for q in queries:
+        if session.ks[q] not in by_k:
+            by_k[session.ks[q]] = proposer_for(config, session, q)
+    return decode_many(session, {q: by_k[session.ks[q]] for q in queries}, budget)
+
+
+def rank(session: TargetSession, config: DecodingConfig = DecodingConfig(), query: int = 0) -> Decoded:
+    """Rank one query's candidates with ``config.method`` under ``config.budget``."""
+    return rank_many(session, config, [query])[query]

@@ -35,6 +35,10 @@ class Round:
         """The same round for a subset of trajectories (a training mini-batch)."""
         return Round(self.rankings[rows], self.matrices[rows], self.accepted[rows])
 
+    def to(self, device: torch.device | str) -> Round:
+        """The same round on ``device``."""
+        return Round(self.rankings.to(device), self.matrices.to(device), self.accepted.to(device))
+
 
 class Proposer(Protocol):
     """Orders the unverified tail: returns [B, K] item scores, higher placed earlier.

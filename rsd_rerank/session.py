@@ -1,7 +1,7 @@
-"""One target LLM, one prompt: prefill once, then verify whole rankings in single forwards.
+"""One target LLM, Q prompts: prefill them together once, then verify whole rankings of all Q in single forwards.
 
-This is the only code that calls the model's forward. Token layout after the prompt (which ends
-with the ranking's ``head``, e.g. ``[``)::
+This is the only code that calls the model's forward. Token layout after a prompt (which ends with
+the ranking's ``head``, e.g. ``[``)::
 
     prompt… [ | id(σ0) ] > [ | id(σ1) ] > [ | … | id(σ_{K-1})
               ^row 0       ^row 1                ^row K-1
@@ -9,15 +9,27 @@ with the ranking's ``head``, e.g. ``[``)::
 Row i of a verification matrix is read at the last separator token before slot i; row 0 comes from
 the prefill and never changes. A verification pass therefore feeds K-1 identifiers with their
 separators (76 tokens for K=20 with SmolLM2's tokenizer) on top of the cached prompt, and only the
-tail that differs from the last verified ranking: rows and KV of the shared prefix are reused.
+tail that differs from the query's last verified ranking: rows and KV of the shared prefix are reused.
 
-Every forward after the prompt goes through ``_forward``, which counts it (``passes``), records the
-tokens it fed (``fed_tokens``) and times it on a clock that synchronises the device first
-(``clock``): the decoding trace reads its passes and seconds from here.
+Batching. The Q prompts are left-padded to the longest one and prefilled in one forward with an
+explicit attention mask and position ids (transformers would otherwise number the padding). Every
+query keeps the KV of its last verified ranking. A verification pass takes any set of queries, each
+with its own B rankings of its own K, and feeds all of them in one forward: every sequence starts at
+the smallest shared prefix among them, the sequences are right-padded to the longest tail, and the
+mask hides both paddings. Rows of a ranking's slots up to its own shared prefix are the stored rows
+of the verified ranking (they condition on the same items), so the verified prefix and the bonus
+item are accepted again in any precision: Theorem 1 holds by construction, in bf16 as in fp32.
+
+Every forward after the prompts goes through ``_forward``, which counts it (``passes``, and per
+query ``query_passes``), records the tokens it fed per sequence (``fed_tokens``) and times it on a
+clock that synchronises the device first (``clock``): the decoding trace reads passes and seconds
+from here.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +48,7 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass(frozen=True)
 class Verification:
-    """The result of one LLM pass over B teacher-forced rankings of K items."""
+    """The result of one LLM pass over B teacher-forced rankings of one query's K items."""
 
     rankings: torch.Tensor
     """[B, K] the verified rankings (item indices)."""
@@ -57,7 +69,7 @@ class Generation:
     new_tokens: int
     """Tokens generated (each one a decode step after generation's own prefill)."""
     seconds: float
-    """End to end, generation's own prefill of the prompt included."""
+    """End to end, generation's own prefill of the prompt included (for a batch: the whole batch's)."""
 
 
 def greedy_choices(rankings: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
@@ -73,16 +85,30 @@ def accepted_length(rankings: torch.Tensor, greedy: torch.Tensor) -> torch.Tenso
     return (rankings == greedy).long().cumprod(dim=1).sum(dim=1)
 
 
-class TargetSession:
-    """A target LLM primed with one query and its K candidates.
+@functools.cache
+def _cache_kwarg(model_class: type) -> str:
+    # transformers 5.23 renamed the forward's `past_key_values` to `cache` (the old name warns on every
+    # call and goes in 5.40); the lent GPU machine runs an older 5.x that only knows the old name.
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
-    Builds RankLLM's prompt, checks the identifier tokenisation, prefills the prompt once and keeps
-    its KV cache. ``first_slot()`` is single-token decoding (FIRST); ``verify()`` scores whole
-    rankings in one forward; ``greedy_ranking()`` is the exact target, the constrained greedy
-    autoregressive ranking with separators forced.
+
+def _out_cache(out) -> DynamicCache:
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+class TargetSession:
+    """A target LLM primed with Q queries and their candidates (Q = 1 for the plain constructor).
+
+    Builds RankLLM's prompts, checks the identifier tokenisation, prefills the prompts together once
+    and keeps their KV caches. ``first_slot(q)`` is single-token decoding (FIRST); ``verify`` /
+    ``verify_many`` score whole rankings in one forward; ``greedy_ranking(q)`` /
+    ``greedy_rankings()`` are the exact target, the constrained greedy autoregressive ranking with
+    separators forced; ``generate`` / ``generate_many`` are free generation. Methods that take a
+    query index default to query 0, the only one of a single-query session.
 
     Args:
-        target: the LLM and tokenizer (see ``rsd_rerank.targets.load_target``).
+        target: the LLM and tokenizer (see ``rsd_rerank.targets.load_target``); the session works on
+            the model's device and dtype.
         query: the query text.
         docs: K candidate docs, as RankLLM ``Candidate.doc`` dicts or plain strings.
         config: prompt template and passage truncation.
@@ -95,7 +121,7 @@ class TargetSession:
         docs: Sequence[Mapping[str, Any] | str],
         config: PromptConfig = PromptConfig(),
     ):
-        self._prefill(target, build_prompt(target.tokenizer, query, docs, config, max_tokens=target.max_positions))
+        self._prefill(target, [build_prompt(target.tokenizer, query, docs, config, max_tokens=target.max_positions)])
 
     @classmethod
     def from_request(cls, target: Target, request: Any, config: PromptConfig = PromptConfig()) -> TargetSession:
@@ -105,43 +131,109 @@ class TargetSession:
     @classmethod
     def from_prompt(cls, target: Target, prompt: Prompt) -> TargetSession:
         """A session on a ready prompt (e.g. RankLLM's messages through ``prompt_from_messages``)."""
+        return cls.from_prompts(target, [prompt])
+
+    @classmethod
+    def from_prompts(cls, target: Target, prompts: Sequence[Prompt]) -> TargetSession:
+        """A session on Q ready prompts, prefilled together (their K and lengths may differ)."""
+        if not prompts:
+            raise ValueError("a session needs at least one prompt")
         session = cls.__new__(cls)
-        session._prefill(target, prompt)
+        session._prefill(target, list(prompts))
         return session
 
-    def _prefill(self, target: Target, prompt: Prompt) -> None:
+    # -- prefill -----------------------------------------------------------------------------
+
+    def _prefill(self, target: Target, prompts: list[Prompt]) -> None:
         self.target = target
-        self.prompt = prompt
-        layout = prompt.layout
-        self.k = layout.k
+        self.prompts = prompts
+        self.ks = [p.layout.k for p in prompts]
         self.device = target.model.device
-        self._first_ids = torch.tensor(layout.first_ids, device=self.device)
-        self._later_ids = torch.tensor(layout.later_ids, device=self.device)
-        self._sep = torch.tensor(layout.sep, dtype=torch.long, device=self.device)
-        self._step = 1 + len(layout.sep)  # tokens per slot after the prompt: identifier + separator
+        layouts = [p.layout for p in prompts]
+        step = {1 + len(layout.sep) for layout in layouts}
+        seps = {layout.sep for layout in layouts}
+        if len(step) != 1 or len(seps) != 1:
+            raise ValueError(
+                "prompts batched in one session must share the ranking separator (same tokenizer and template)"
+            )
+        self._step = step.pop()  # tokens per slot after the prompt: identifier + separator
+        self._sep = torch.tensor(seps.pop(), dtype=torch.long, device=self.device)
+        k_max = max(self.ks)
+        # Identifier ids per query, padded to the largest K (padded columns are masked to -inf).
+        self._k = torch.tensor(self.ks, device=self.device)
+        self._first_ids = self._padded_ids([layout.first_ids for layout in layouts], k_max)
+        self._later_ids = self._padded_ids([layout.later_ids for layout in layouts], k_max)
+        tokenizer = target.tokenizer
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
         self.passes = 0
-        """Forwards after the prompt so far: verifications, decode steps of the greedy target."""
+        """Forwards after the prompts so far: verifications, decode steps of the greedy target."""
+        self.query_passes = [0] * len(prompts)
+        """Per query: the forwards after the prompts that it took part in."""
         self.fed_tokens: list[int] = []
         """Tokens per sequence that each of those forwards fed (the verified-prefix reuse shows here)."""
+        self.fed_sequences: list[int] = []
+        """Sequences in each of those forwards (queries that are done have left the batch)."""
         self.forward_seconds = 0.0
         """Seconds spent in those forwards."""
+
         start = self.clock()
-        ids = torch.tensor([prompt.token_ids], device=self.device)
-        logits, cache = self._forward(ids, self._cache(None, 0, 1), keep=torch.tensor([ids.shape[1] - 1]), count=False)
-        self._prompt_kv = self._kv_of(cache, row=0, expected_len=ids.shape[1])
-        self._row0 = self._rows(logits[0], self._first_ids)[0]  # [K]
+        lengths = [len(p.token_ids) for p in prompts]
+        self._width = max(lengths)  # P: every prompt is left-padded to it
+        ids = torch.full((len(prompts), self._width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros(len(prompts), self._width, dtype=torch.long)
+        for q, p in enumerate(prompts):
+            ids[q, self._width - len(p.token_ids) :] = torch.tensor(p.token_ids)
+            mask[q, self._width - len(p.token_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        self._prompt_mask = mask  # [Q, P]
+        self._lengths = torch.tensor(lengths, device=self.device)  # [Q] real prompt tokens
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits, cache = self._forward(ids, None, mask, positions, keep=1, queries=None)
+        self._prompt_kv = self._kv_of(cache, self._width)  # [Q, H, P, D] per layer
+        self._row0 = self._rows(logits[:, -1], torch.arange(len(prompts), device=self.device), first=True)  # [Q, K_max]
         self.prefill_seconds = self.clock() - start
-        self.prompt_tokens = ids.shape[1]
-        self._greedy: list[int] | None = None
+        """Seconds of the prompts' prefill (for Q > 1: the whole batch's)."""
+        self.prompt_lengths = lengths
+        """Tokens of each prompt."""
+        self._greedy: dict[int, list[int]] = {}
         self.forget()
 
+    def _padded_ids(self, ids: list[tuple[int, ...]], width: int) -> torch.Tensor:
+        return torch.tensor([list(row) + [row[0]] * (width - len(row)) for row in ids], device=self.device)
+
     def forget(self) -> None:
-        """Drop the KV and rows of the last verified ranking (the prompt's stay), so that the next
-        decoding run costs what it would cost alone (timing comparisons between methods)."""
-        self._cached_items: tuple[int, ...] = ()
-        self._cached_kv: KV = self._prompt_kv
-        self._cached_rows = self._row0[None]
+        """Drop the KV and rows of every query's last verified ranking (the prompts' stay), so that the
+        next decoding run costs what it would cost alone (timing comparisons between methods)."""
+        self._cached_items: list[tuple[int, ...]] = [()] * len(self.prompts)
+        self._cached_kv: list[KV | None] = [None] * len(self.prompts)  # None: the prompt's KV alone
+        self._cached_rows = [self._row0[q, : self.ks[q]][None] for q in range(len(self.prompts))]
+
+    # -- single-query conveniences ---------------------------------------------------------------
+
+    def _single(self) -> None:
+        if len(self.prompts) != 1:
+            raise ValueError(
+                f"this session holds {len(self.prompts)} queries; index them (ks, prompts, prompt_lengths)"
+            )
+
+    @property
+    def k(self) -> int:
+        """K of a single-query session."""
+        self._single()
+        return self.ks[0]
+
+    @property
+    def prompt(self) -> Prompt:
+        """The prompt of a single-query session."""
+        self._single()
+        return self.prompts[0]
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens of a single-query session."""
+        self._single()
+        return self.prompt_lengths[0]
 
     # -- model access -------------------------------------------------------------------------
 
@@ -151,40 +243,57 @@ class TargetSession:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _cache(self, kv: KV | None, kv_len: int, batch: int) -> DynamicCache:
-        """A cache holding the first ``kv_len`` positions of ``kv`` for each of ``batch`` sequences."""
+    def _cache(self, kv: KV | None) -> DynamicCache:
         config = self.target.model.config
-        if kv is None:
-            return DynamicCache(config=config)
-        return DynamicCache(
-            ddp_cache_data=[
-                (k[:, :, :kv_len].expand(batch, -1, -1, -1), v[:, :, :kv_len].expand(batch, -1, -1, -1)) for k, v in kv
-            ],
-            config=config,
-        )
+        return DynamicCache(config=config) if kv is None else DynamicCache(ddp_cache_data=kv, config=config)
 
     @torch.inference_mode()
     def _forward(
-        self, input_ids: torch.Tensor, cache: DynamicCache, keep: torch.Tensor | int, count: bool = True
+        self,
+        input_ids: torch.Tensor,
+        kv: KV | None,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        keep: torch.Tensor | int,
+        queries: Sequence[int] | None,
     ) -> tuple[torch.Tensor, DynamicCache]:
-        """Logits [B, len(keep), V] at positions ``keep`` of ``input_ids`` [B, n], after ``cache``.
+        """Logits [B, len(keep), V] (float32) at positions ``keep`` of ``input_ids`` [B, n] after ``kv``.
 
-        The only call of the model's forward; ``count`` is off for the prompt's own prefill.
+        ``attention_mask`` [B, past + n] and ``position_ids`` [B, n] are explicit (padding on both
+        sides). The only call of the model's forward; ``queries`` are the queries it serves, None
+        for the prompts' own prefill (not counted).
         """
-        start = self.clock() if count else 0.0
+        start = self.clock() if queries is not None else 0.0
         if isinstance(keep, torch.Tensor):
             keep = keep.to(self.device)
         # logits_to_keep: only the slot positions go through the LM head, not every fed token.
-        out = self.target.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=keep)
+        kwargs = {_cache_kwarg(type(self.target.model)): self._cache(kv)}
+        try:
+            out = self.target.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=keep,
+                **kwargs,
+            )
+        except torch.OutOfMemoryError as err:
+            raise RuntimeError(
+                f"out of memory on {self.device} in a forward of {input_ids.shape[0]} sequences of "
+                f"{attention_mask.shape[1]} tokens; lower --batch-size or --max-batch-tokens"
+            ) from err
         logits = out.logits.float()
-        if count:
+        if queries is not None:
             self.passes += 1
+            for q in set(queries):
+                self.query_passes[q] += 1
             self.fed_tokens.append(input_ids.shape[1])
+            self.fed_sequences.append(input_ids.shape[0])
             self.forward_seconds += self.clock() - start
-        return logits, out.past_key_values
+        return logits, _out_cache(out)
 
     @staticmethod
-    def _kv_of(cache: DynamicCache, row: int, expected_len: int) -> KV:
+    def _kv_of(cache: DynamicCache, expected_len: int) -> KV:
         kv = []
         for layer in cache.layers:
             keys, values = layer.keys, layer.values
@@ -193,136 +302,305 @@ class TargetSession:
                     f"the model's KV cache layer {type(layer).__name__} does not keep every position "
                     "(sliding-window or compressed cache); TargetSession needs full attention caches"
                 )
-            kv.append((keys[row : row + 1].clone(), values[row : row + 1].clone()))
+            kv.append((keys, values))
         return kv
 
-    @staticmethod
-    def _rows(logits: torch.Tensor, identifier_ids: torch.Tensor) -> torch.Tensor:
-        """[…, K] next-identifier log-distributions restricted to the K identifier tokens."""
-        return torch.log_softmax(logits[..., identifier_ids], dim=-1)
+    def _rows(self, logits: torch.Tensor, queries: torch.Tensor, first: bool = False) -> torch.Tensor:
+        """[B, …, K_max] next-identifier log-distributions of ``logits`` [B, …, V], one sequence per entry of
+        ``queries`` [B], over that query's own K identifiers (-inf past its K). ``first``: slot 0's ids."""
+        ids = (self._first_ids if first else self._later_ids)[queries]  # [B, K_max]
+        index = ids.reshape(ids.shape[0], *([1] * (logits.dim() - 2)), -1)
+        picked = logits.gather(-1, index.expand(*logits.shape[:-1], -1))
+        own = torch.arange(ids.shape[1], device=self.device)[None, :] < self._k[queries][:, None]
+        return torch.log_softmax(picked.masked_fill(~own.reshape(index.shape), float("-inf")), dim=-1)
 
-    def _slot_tokens(self, items: torch.Tensor, first_slot: int) -> torch.Tensor:
-        """[B, n*step] identifier + separator tokens for ``items`` [B, n] placed from slot ``first_slot`` on."""
+    def _slot_tokens(self, items: torch.Tensor, queries: torch.Tensor, first_slot: int) -> torch.Tensor:
+        """[B, n*step] identifier + separator tokens for ``items`` [B, n] of ``queries`` [B] from slot ``first_slot`` on."""
         batch, n = items.shape
-        ids = self._later_ids[items]
+        ids = self._later_ids[queries[:, None], items]
         if first_slot == 0 and n:
-            ids[:, 0] = self._first_ids[items[:, 0]]
+            ids[:, 0] = self._first_ids[queries, items[:, 0]]
         sep = self._sep.expand(batch, n, -1)
         return torch.cat([ids[:, :, None], sep], dim=2).reshape(batch, n * self._step)
 
+    def _past(self, queries: torch.Tensor, slots: int) -> KV:
+        """[B, H, P + slots*step, D] per layer: each sequence's prompt (left-padded) and the first ``slots``
+        slots of its query's cached ranking."""
+        length = self._width + slots * self._step
+        q_list = queries.tolist()
+        layers = []
+        for layer in range(len(self._prompt_kv)):
+            parts_k, parts_v = [], []
+            for q in q_list:
+                cached = self._cached_kv[q]
+                if cached is None or slots == 0:
+                    k_, v_ = self._prompt_kv[layer]
+                    parts_k.append(k_[q : q + 1])
+                    parts_v.append(v_[q : q + 1])
+                else:
+                    k_, v_ = cached[layer]
+                    parts_k.append(k_[:, :, :length])
+                    parts_v.append(v_[:, :, :length])
+            layers.append((torch.cat(parts_k), torch.cat(parts_v)))
+        return layers
+
+    def _mask(self, queries: torch.Tensor, slots: int, new: torch.Tensor) -> torch.Tensor:
+        """[B, P + slots*step + n] prompt mask (left padding), ones for the cached slots, ``new`` [B, n] after."""
+        past = torch.ones(len(queries), slots * self._step, dtype=torch.long, device=self.device)
+        return torch.cat([self._prompt_mask[queries], past, new.long()], dim=1)
+
     # -- public API --------------------------------------------------------------------------
 
-    def first_slot(self) -> torch.Tensor:
+    def first_slot(self, query: int = 0) -> torch.Tensor:
         """[K] log-probabilities of the first identifier right after the prompt (single-token decoding)."""
-        return self._row0.clone()
+        return self._row0[query, : self.ks[query]].clone()
 
-    def _as_rankings(self, rankings: Sequence[Sequence[int]] | Sequence[int] | torch.Tensor) -> torch.Tensor:
+    def _as_rankings(self, rankings: Sequence[Sequence[int]] | Sequence[int] | torch.Tensor, k: int) -> torch.Tensor:
         r = torch.as_tensor(rankings, dtype=torch.long, device=self.device)
         if r.dim() == 1:
             r = r[None]
-        if r.dim() != 2 or r.shape[1] != self.k:
-            raise ValueError(f"rankings must have shape [B, {self.k}], got {tuple(r.shape)}")
-        expected = torch.arange(self.k, device=self.device)
+        if r.dim() != 2 or r.shape[1] != k:
+            raise ValueError(f"rankings must have shape [B, {k}], got {tuple(r.shape)}")
+        expected = torch.arange(k, device=self.device)
         if not torch.equal(r.sort(dim=1).values, expected.expand_as(r)):
-            raise ValueError(f"every ranking must be a permutation of 0..{self.k - 1}")
+            raise ValueError(f"every ranking must be a permutation of 0..{k - 1}")
         return r
 
-    def _shared_prefix(self, ranking: torch.Tensor) -> int:
+    def _shared_prefix(self, ranking: list[int], cached: tuple[int, ...]) -> int:
         n = 0
-        for cached, item in zip(self._cached_items, ranking.tolist(), strict=False):
-            if cached != item:
+        for held, item in zip(cached, ranking, strict=False):
+            if held != item:
                 break
             n += 1
         return n
 
-    def verify(self, rankings: Sequence[Sequence[int]] | Sequence[int] | torch.Tensor) -> Verification:
-        """Teacher-force one ranking [K] or a batch [B, K] after the cached prompt: one forward in all.
+    def verify(self, rankings: Sequence[Sequence[int]] | Sequence[int] | torch.Tensor, query: int = 0) -> Verification:
+        """Teacher-force one ranking [K] or a batch [B, K] of one query after its cached prompt: one forward in all.
 
-        Only the tail after the prefix shared with the last verified ranking is fed; the rows and KV
-        of that prefix are reused.
+        Only the tail after the prefix shared with the query's last verified ranking is fed; the
+        rows and KV of that prefix are reused.
         """
-        r = self._as_rankings(rankings)
-        batch, k = r.shape
-        # Slot K-1's row only needs the separator after slot K-2; identifier K-1 is never fed.
-        shared = min(min(self._shared_prefix(row) for row in r), k - 1)
-        if shared == k - 1:
-            new_rows = torch.empty(batch, 0, k, device=self.device)
-            kv_rows, new_kv = None, self._cached_kv
-        else:
-            tokens = self._slot_tokens(r[:, shared : k - 1], first_slot=shared)
-            keep = torch.arange(self._step - 1, tokens.shape[1], self._step)
-            kv_len = self.prompt_tokens + shared * self._step
-            logits, cache = self._forward(tokens, self._cache(self._cached_kv, kv_len, batch), keep)
-            new_rows = self._rows(logits, self._later_ids)  # [B, K-1-shared, K]
-            kv_rows, new_kv = cache, None
-        matrices = torch.cat([self._cached_rows[: shared + 1].expand(batch, -1, -1), new_rows], dim=1)
-        greedy = greedy_choices(r, matrices)
-        accepted = accepted_length(r, greedy)
-        best = int(accepted.argmax())
-        if kv_rows is not None:
-            full_len = self.prompt_tokens + (k - 1) * self._step
-            new_kv = self._kv_of(kv_rows, row=best, expected_len=full_len)
-        self._cached_items = tuple(r[best, : k - 1].tolist())
-        self._cached_kv = new_kv
-        self._cached_rows = matrices[best]
-        return Verification(rankings=r, matrices=matrices, greedy=greedy, accepted=accepted)
+        return self.verify_many({query: rankings})[query]
 
-    def stepwise_rows(self, ranking: Sequence[int] | None = None) -> tuple[list[int], torch.Tensor]:
+    def verify_many(self, rankings: Mapping[int, Sequence[Sequence[int]] | torch.Tensor]) -> dict[int, Verification]:
+        """Verify the rankings [B_q, K_q] of several queries in one forward (none where every ranking's
+        first K-1 items are already the query's verified ones)."""
+        rs = {q: self._as_rankings(r, self.ks[q]) for q, r in rankings.items()}
+        shared = {
+            q: [min(self._shared_prefix(row, self._cached_items[q]), self.ks[q] - 1) for row in r.tolist()]
+            for q, r in rs.items()
+        }
+        # Slot K-1's row only needs the separator after slot K-2; identifier K-1 is never fed.
+        needing = [q for q in rs if min(shared[q]) < self.ks[q] - 1]
+        new_rows: dict[int, torch.Tensor] = {}
+        new_kv: dict[int, KV] = {}
+        if needing:
+            new_rows, new_kv = self._verification_pass(rs, shared, needing)
+        out = {}
+        for q, r in rs.items():
+            k = self.ks[q]
+            cached_rows = self._cached_rows[q]  # [n+1, K] rows of the cached ranking's slots 0..n
+            b = r.shape[0]
+            held = torch.cat([cached_rows, cached_rows.new_zeros(k - cached_rows.shape[0], k)])  # [K, K]
+            if q in new_rows:
+                fresh = new_rows[q]  # [B, K, K], rows before the pass's first fed slot are the held ones
+            else:
+                fresh = held.expand(b, -1, -1)
+            slot = torch.arange(k, device=self.device)
+            own = slot[None, :] <= torch.tensor(shared[q], device=self.device)[:, None]  # [B, K]
+            matrices = torch.where(own[:, :, None], held.expand(b, -1, -1), fresh)
+            greedy = greedy_choices(r, matrices)
+            accepted = accepted_length(r, greedy)
+            best = int(accepted.argmax())
+            if q in new_kv:
+                # A copy, so that the whole batch's cache can be freed.
+                self._cached_kv[q] = [
+                    (k_[best : best + 1].clone(), v_[best : best + 1].clone()) for k_, v_ in new_kv[q]
+                ]
+                self._cached_items[q] = tuple(r[best, : k - 1].tolist())
+                self._cached_rows[q] = matrices[best]
+            out[q] = Verification(rankings=r, matrices=matrices, greedy=greedy, accepted=accepted)
+        return out
+
+    def _verification_pass(
+        self, rs: dict[int, torch.Tensor], shared: dict[int, list[int]], needing: list[int]
+    ) -> tuple[dict[int, torch.Tensor], dict[int, KV]]:
+        """One forward for every ranking of the ``needing`` queries, all fed from the smallest shared prefix."""
+        start_slot = min(min(shared[q]) for q in needing)
+        queries = torch.cat([torch.full((rs[q].shape[0],), q, device=self.device) for q in needing])
+        rankings = [rs[q] for q in needing]
+        k_max = max(self.ks[q] for q in needing)
+        # Each query's slots start_slot..K_q-2, padded to the longest (padding is masked out below).
+        items = torch.cat(
+            [torch.nn.functional.pad(r[:, start_slot : r.shape[1] - 1], (0, k_max - r.shape[1])) for r in rankings]
+        )
+        tokens = self._slot_tokens(items, queries, first_slot=start_slot)  # [R, n_slots*step]
+        real = torch.cat(
+            [
+                torch.full((r.shape[0],), (self.ks[q] - 1 - start_slot) * self._step, device=self.device)
+                for q, r in zip(needing, rankings, strict=True)
+            ]
+        )
+        fed = torch.arange(tokens.shape[1], device=self.device)[None, :] < real[:, None]
+        tokens = tokens.masked_fill(~fed, self._pad_id)
+        positions = (
+            self._lengths[queries][:, None]
+            + start_slot * self._step
+            + torch.arange(tokens.shape[1], device=self.device)[None, :]
+        )
+        keep = torch.arange(self._step - 1, tokens.shape[1], self._step)
+        logits, cache = self._forward(
+            tokens,
+            self._past(queries, start_slot),
+            self._mask(queries, start_slot, fed),
+            positions,
+            keep,
+            queries=needing,
+        )
+        rows = self._rows(logits, queries)  # [R, n_slots, K_max]
+        full_len = self._width + start_slot * self._step + tokens.shape[1]
+        kv = self._kv_of(cache, full_len)
+        new_rows, new_kv, at = {}, {}, 0
+        for q, r in zip(needing, rankings, strict=True):
+            b, k = r.shape[0], self.ks[q]
+            held = self._cached_rows[q][: start_slot + 1]  # rows of slots 0..start_slot: unchanged by the pass
+            fresh = rows[at : at + b, : k - 1 - start_slot, :k]
+            new_rows[q] = torch.cat([held.expand(b, -1, -1), fresh], dim=1)
+            length = self._width + (k - 1) * self._step
+            new_kv[q] = [(k_[at : at + b, :, :length], v_[at : at + b, :, :length]) for k_, v_ in kv]  # views
+            at += b
+        return new_rows, new_kv
+
+    def _stepwise(self, queries: list[int], forced: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode slot by slot on a growing KV cache, all ``queries`` together, one forward per slot.
+
+        With ``forced`` [A, K_max] the items are teacher-forced; without, each slot takes the greedy
+        item among those not yet placed. A query leaves the batch once its K-1 slots are decoded.
+        Returns the rankings [A, K_max] and their rows [A, K_max, K_max] (padded past each K).
+        """
+        qs = torch.tensor(queries, device=self.device)
+        ks = [self.ks[q] for q in queries]
+        k_max = max(ks)
+        a = len(queries)
+        arange = torch.arange(k_max, device=self.device)
+        placed = arange[None, :] >= self._k[qs][:, None]  # padded items count as placed: never chosen
+        chosen = torch.zeros(a, k_max, dtype=torch.long, device=self.device)
+        rows = torch.full((a, k_max, k_max), float("-inf"), device=self.device)
+        rows[:, 0] = self._row0[qs, :k_max]
+        active_list = list(range(a))  # the queries (indices into ``queries``) still decoding
+        active = torch.arange(a, device=self.device)
+        kv = self._past(qs, 0)
+        for slot in range(k_max - 1):
+            still = [i for i in active_list if ks[i] - 1 > slot]
+            if len(still) < len(active_list):  # queries whose K-1 slots are done leave the batch
+                rows_kept = torch.tensor([active_list.index(i) for i in still], device=self.device)
+                kv = [(k_[rows_kept], v_[rows_kept]) for k_, v_ in kv]
+                active_list, active = still, torch.tensor(still, device=self.device)
+            row = rows[active, slot]
+            if forced is None:
+                item = row.masked_fill(placed[active], float("-inf")).argmax(dim=-1)
+            else:
+                item = forced[active, slot]
+            chosen[active, slot] = item
+            placed[active, item] = True
+            tokens = self._slot_tokens(item[:, None], qs[active], first_slot=slot)
+            fed = torch.ones_like(tokens, dtype=torch.bool)
+            positions = (
+                self._lengths[qs[active]][:, None] + slot * self._step + torch.arange(self._step, device=self.device)
+            )
+            logits, cache = self._forward(
+                tokens,
+                kv,
+                self._mask(qs[active], slot, fed),
+                positions,
+                keep=1,
+                queries=[queries[i] for i in active_list],
+            )
+            kv = self._kv_of(cache, self._width + (slot + 1) * self._step)
+            rows[active, slot + 1] = self._rows(logits[:, -1], qs[active])
+        # The last slot takes the one item left.
+        for i, k in enumerate(ks):
+            if forced is None:
+                chosen[i, k - 1] = (~placed[i, :k]).float().argmax()
+            else:
+                chosen[i, k - 1] = forced[i, k - 1]
+        return chosen, rows
+
+    def stepwise_rows(self, ranking: Sequence[int] | None = None, query: int = 0) -> tuple[list[int], torch.Tensor]:
         """Decode slot by slot on a growing KV cache, one forward per slot (K-1 in all).
 
         With ``ranking`` the items are teacher-forced; without, each slot takes the greedy item
         among those not yet placed. Returns the ranking and its [K, K] rows: the reference that
         ``verify`` must reproduce in one pass.
         """
-        forced = None if ranking is None else self._as_rankings(ranking)[0].tolist()
-        cache = self._cache(self._prompt_kv, self.prompt_tokens, 1)
-        row = self._row0
-        rows, chosen = [row], []
-        remaining = set(range(self.k))
-        for slot in range(self.k - 1):
-            if forced is None:
-                mask = torch.full_like(row, float("-inf"))
-                mask[list(remaining)] = 0.0
-                item = int((row + mask).argmax())
-            else:
-                item = forced[slot]
-            chosen.append(item)
-            remaining.discard(item)
-            tokens = self._slot_tokens(torch.tensor([[item]], device=self.device), first_slot=slot)
-            logits, cache = self._forward(tokens, cache, keep=1)
-            row = self._rows(logits[0, -1], self._later_ids)
-            rows.append(row)
-        chosen += list(remaining) if forced is None else forced[-1:]
-        return chosen, torch.stack(rows)
+        k = self.ks[query]
+        forced = None if ranking is None else self._as_rankings(ranking, k)
+        chosen, rows = self._stepwise([query], forced)
+        return chosen[0, :k].tolist(), rows[0, :k, :k]
 
-    def greedy_ranking(self) -> list[int]:
+    def greedy_rankings(self, queries: Sequence[int] | None = None) -> dict[int, list[int]]:
+        """The exact targets σ_tr of ``queries`` (default all), decoded together: K-1 incremental steps, memoised."""
+        queries = list(range(len(self.prompts))) if queries is None else list(queries)
+        todo = [q for q in queries if q not in self._greedy]
+        if todo:
+            chosen, _ = self._stepwise(todo, None)
+            for i, q in enumerate(todo):
+                self._greedy[q] = chosen[i, : self.ks[q]].tolist()
+        return {q: list(self._greedy[q]) for q in queries}
+
+    def greedy_ranking(self, query: int = 0) -> list[int]:
         """The exact target σ_tr: constrained greedy autoregressive ranking (K-1 incremental decode steps, memoised)."""
-        if self._greedy is None:
-            self._greedy, _ = self.stepwise_rows()
-        return list(self._greedy)
+        return self.greedy_rankings([query])[query]
 
     @torch.inference_mode()
-    def generate(self, max_new_tokens: int | None = None, min_new_tokens: int = 0) -> Generation:
-        """RankZephyr-style free greedy generation from the chat prompt (without the forced ``head``).
+    def generate_many(
+        self, queries: Sequence[int] | None = None, max_new_tokens: int | None = None, min_new_tokens: int = 0
+    ) -> dict[int, Generation]:
+        """RankZephyr-style free greedy generation from the chat prompts (without the forced ``head``), batched.
 
         Generation runs its own prefill, as a RankLLM user's would; by default it may write the
-        ranking string's length plus 8 tokens (``min_new_tokens`` forces a length, for timing). Its steps are not verification passes and are not
-        added to ``passes``.
+        longest ranking string plus 8 tokens (``min_new_tokens`` forces a length, for timing). Its
+        steps are not verification passes and are not added to ``passes``.
         """
+        queries = list(range(len(self.prompts))) if queries is None else list(queries)
         tokenizer = self.target.tokenizer
-        head = len(self.prompt.layout.head)
-        ids = torch.tensor([self.prompt.token_ids[: len(self.prompt.token_ids) - head]], device=self.device)
+        prompts = [
+            self.prompts[q].token_ids[: len(self.prompts[q].token_ids) - len(self.prompts[q].layout.head)]
+            for q in queries
+        ]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
         if max_new_tokens is None:
-            max_new_tokens = len(tokenizer.encode(ranking_text(range(self.k)), add_special_tokens=False)) + 8
+            longest = max(self.ks[q] for q in queries)
+            max_new_tokens = len(tokenizer.encode(ranking_text(range(longest)), add_special_tokens=False)) + 8
         start = self.clock()
-        out = self.target.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        )
+        try:
+            out = self.target.model.generate(
+                ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                do_sample=False,
+                pad_token_id=self._pad_id,
+            )
+        except torch.OutOfMemoryError as err:
+            raise RuntimeError(
+                f"out of memory on {self.device} generating for {len(prompts)} prompts; lower --batch-size"
+            ) from err
         seconds = self.clock() - start
-        new = out[0, ids.shape[1] :]
-        return Generation(tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0]), seconds)
+        result = {}
+        eos = tokenizer.eos_token_id
+        for i, q in enumerate(queries):
+            new = out[i, width:].tolist()
+            if eos in new and min_new_tokens == 0:
+                new = new[: new.index(eos) + 1]
+            result[q] = Generation(tokenizer.decode(new, skip_special_tokens=True), len(new), seconds)
+        return result
+
+    def generate(self, max_new_tokens: int | None = None, min_new_tokens: int = 0, query: int = 0) -> Generation:
+        """Free generation for one query (``generate_many`` for one)."""
+        return self.generate_many([query], max_new_tokens, min_new_tokens)[query]

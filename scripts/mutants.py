@@ -35,8 +35,8 @@ MUTANTS = (
     Mutant(
         "prefix-reuse-off",
         "rsd_rerank/session.py",
-        "    def _shared_prefix(self, ranking: torch.Tensor) -> int:\n",
-        "    def _shared_prefix(self, ranking: torch.Tensor) -> int:\n        return 0\n",
+        "    def _shared_prefix(self, ranking: list[int], cached: tuple[int, ...]) -> int:\n",
+        "    def _shared_prefix(self, ranking: list[int], cached: tuple[int, ...]) -> int:\n        return 0\n",
         (
             "tests/test_session.py::test_a_pass_feeds_only_the_tail_after_the_verified_prefix",
             "tests/test_decoding.py::test_a_later_round_feeds_only_the_tail_after_its_verified_prefix",
@@ -68,6 +68,25 @@ MUTANTS = (
             "tests/test_session.py::test_accepted_is_the_longest_greedy_prefix",
             "tests/test_decoding.py::test_theorem_1_for_random_lists_and_every_proposer",
         ),
+    ),
+)
+
+
+BATCH_TEST = "tests/test_batching.py::test_a_batch_gives_each_query_what_its_own_session_gives"
+MUTANTS += (
+    Mutant(
+        "positions-ignore-padding",
+        "rsd_rerank/session.py",
+        "        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)\n",
+        "        positions = torch.arange(mask.shape[1], device=self.device).expand_as(mask)\n",
+        (BATCH_TEST,),
+    ),
+    Mutant(
+        "leaves-batch-early",
+        "rsd_rerank/session.py",
+        "            still = [i for i in active_list if ks[i] - 1 > slot]\n",
+        "            still = [i for i in active_list if ks[i] - 1 > slot + 1]\n",
+        (BATCH_TEST, "tests/test_batching.py::test_theorem_1_inside_a_batch_and_early_leavers"),
     ),
 )
 

@@ -109,9 +109,10 @@ def test_proposers_and_files_import_nothing_of_the_project_above_them():
 
 def test_mutation_check_catches_every_mutant():
     # scripts/mutants.py: each deliberate engine bug (no prefix reuse, no bonus item, proposer ignored,
-    # i* off by one) must fail the tests that guard it, in a temporary copy of the package.
+    # i* off by one, positions that ignore left padding, a query leaving the batch a step early) must
+    # fail the tests that guard it, in a temporary copy of the package.
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "mutants.py")], capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "all 4 mutants caught" in done.stdout
+    assert "all 6 mutants caught" in done.stdout

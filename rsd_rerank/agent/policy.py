@@ -44,7 +44,9 @@ def pl_log_prob(logits: torch.Tensor, rankings: torch.Tensor, free_from: torch.T
 
 def gumbel_perturbed(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``logits + Gumbel(0, 1)`` noise: sorting the result samples Plackett–Luce exactly (Gumbel-top-k)."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    # Drawn on the generator's device (the CPU for seeded training), so a seed gives the same samples
+    # whatever device the agent runs on.
+    u = torch.rand(logits.shape, generator=generator, device=generator.device, dtype=logits.dtype).to(logits.device)
     return logits - torch.log(-torch.log(u.clamp(min=1e-20)))
 
 

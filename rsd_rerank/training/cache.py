@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rsd_rerank.decoding import decode
+from rsd_rerank.decoding import decode_many
 from rsd_rerank.files import replacing
-from rsd_rerank.prompt import PromptConfig
+from rsd_rerank.prompt import PromptConfig, build_prompt
 from rsd_rerank.proposers import ConsensusProposer
+from rsd_rerank.runs import BatchConfig
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, cache_dir, tokenizer_fingerprint, weights_fingerprint
 
@@ -59,28 +60,47 @@ def _key(fingerprint: str, prompt: PromptConfig, budget: int, request) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _compute(target: Target, request, prompt: PromptConfig, budget: int) -> dict[str, torch.Tensor]:
-    session = TargetSession.from_request(target, request, prompt)
-    decoded = decode(session, ConsensusProposer(), budget)
-    k = session.k
-    if decoded.steps:
-        last = decoded.steps[-1].state
-        rankings, matrices, accepted = last.rankings[0], last.matrices[0], last.accepted[0]
-    else:  # the STD order verified whole: the proposer never acted, nothing to learn from
-        rankings, matrices = torch.empty(0, k, dtype=torch.long), torch.empty(0, k, k)
-        accepted = torch.empty(0, dtype=torch.long)
-    return {
-        "target": torch.tensor(session.greedy_ranking()),
-        "rankings": rankings.contiguous().cpu(),
-        "matrices": matrices.contiguous().cpu(),
-        "accepted": accepted.contiguous().cpu(),
-    }
+def _compute(target: Target, requests: list, prompt: PromptConfig, budget: int) -> list[dict[str, torch.Tensor]]:
+    """The entries of ``requests``, computed in one batched session."""
+    session = TargetSession.from_prompts(
+        target,
+        [
+            build_prompt(target.tokenizer, r.query.text, [c.doc for c in r.candidates], prompt, target.max_positions)
+            for r in requests
+        ],
+    )
+    targets = session.greedy_rankings()
+    decoded = decode_many(session, dict.fromkeys(range(len(requests)), ConsensusProposer()), budget)
+    entries = []
+    for q, d in decoded.items():
+        k = session.ks[q]
+        if d.steps:
+            last = d.steps[-1].state
+            rankings, matrices, accepted = last.rankings[0], last.matrices[0], last.accepted[0]
+        else:  # the STD order verified whole: the proposer never acted, nothing to learn from
+            rankings, matrices = torch.empty(0, k, dtype=torch.long), torch.empty(0, k, k)
+            accepted = torch.empty(0, dtype=torch.long)
+        entries.append(
+            {
+                "target": torch.tensor(targets[q]),
+                "rankings": rankings.contiguous().cpu(),
+                "matrices": matrices.contiguous().cpu(),
+                "accepted": accepted.contiguous().cpu(),
+            }
+        )
+    return entries
 
 
 def cached_queries(
-    target: Target, requests: list, prompt: PromptConfig, budget: int, directory: str | os.PathLike | None = None
+    target: Target,
+    requests: list,
+    prompt: PromptConfig,
+    budget: int,
+    directory: str | os.PathLike | None = None,
+    batching: BatchConfig = BatchConfig(),
 ) -> list[CachedQuery]:
-    """Every request's cache entry, in request order, computing the missing ones (tqdm; resumable after a kill).
+    """Every request's cache entry, in request order, computing the missing ones in batches (tqdm;
+    resumable after a kill: each entry is its own file, written atomically).
 
     Raises:
         ValueError: a request with fewer than 2 candidates.
@@ -96,13 +116,20 @@ def cached_queries(
         raise ValueError(
             f"requests with fewer than 2 candidates have no ranking to learn: qids {', '.join(short[:10])}"
         )
+    paths = [root / f"{_key(fingerprint, prompt, budget, r)}.safetensors" for r in requests]
+    missing = list(dict.fromkeys(i for i, path in enumerate(paths) if not path.exists()))
+    bar = tqdm(total=len(missing), desc=f"target cache ({target.name})", unit="query")
+    for start in range(0, len(missing), batching.batch_size):
+        chunk = [i for i in missing[start : start + batching.batch_size] if not paths[i].exists()]
+        for i, entry in zip(
+            chunk, _compute(target, [requests[i] for i in chunk], prompt, budget) if chunk else [], strict=True
+        ):
+            with replacing(paths[i]) as tmp:
+                save_file(entry, str(tmp), metadata={"qid": str(requests[i].query.qid)})
+        bar.update(len(missing[start : start + batching.batch_size]))
+    bar.close()
     out = []
-    for request in tqdm(requests, desc=f"target cache ({target.name})", unit="query"):
-        path = root / f"{_key(fingerprint, prompt, budget, request)}.safetensors"
-        if not path.exists():
-            with replacing(path) as tmp:
-                entry = _compute(target, request, prompt, budget)
-                save_file(entry, str(tmp), metadata={"qid": str(request.query.qid)})
+    for request, path in zip(requests, paths, strict=True):
         entry = load_file(str(path))
         out.append(
             CachedQuery(

@@ -59,10 +59,11 @@ def rpo_loss(
     agent: Agent, reference: Agent, decoded: Decoded, target: torch.Tensor, advantage: str, beta: float, budget: int
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The RPO loss of one query's batch (row 0 greedy reference, rows 1.. sampled) and its diagnostics."""
+    device = decoded.rankings.device
     returns = rewards(decoded.rankings, target)
-    adv = advantages(returns, advantage).to(torch.float32)
-    policy_term = torch.zeros(())
-    kl_term = torch.zeros(())
+    adv = advantages(returns, advantage).to(device=device, dtype=torch.float32)
+    policy_term = torch.zeros((), device=device)
+    kl_term = torch.zeros((), device=device)
     for step in decoded.steps:
         logits = agent(step.state)
         free_from = free_slots_from(step.state.latest_accepted)

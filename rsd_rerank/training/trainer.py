@@ -18,11 +18,12 @@ import torch
 from tqdm import tqdm
 
 from rsd_rerank.agent import Agent, AgentConfig, AgentProposer, save_agent
-from rsd_rerank.decoding import decode
+from rsd_rerank.decoding import decode_many
 from rsd_rerank.files import replacing
 from rsd_rerank.metrics import similarity
-from rsd_rerank.prompt import PromptConfig
+from rsd_rerank.prompt import PromptConfig, build_prompt
 from rsd_rerank.proposers import Round
+from rsd_rerank.runs import BatchConfig, batches
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, tokenizer_fingerprint
 from rsd_rerank.training.cache import CachedQuery, cached_queries
@@ -102,10 +103,13 @@ def validate(agent: Agent, sessions: list[TargetSession], queries: list[CachedQu
     """
     agent.eval()
     found = {t: [] for t in VALIDATION_BUDGETS}
+    proposer = AgentProposer(agent)
     for session in sessions:
-        decoded = decode(session, AgentProposer(agent), max(VALIDATION_BUDGETS))
-        for t in VALIDATION_BUDGETS:
-            found[t].append(decoded.at(t)[0].numpy())
+        session.forget()
+        decoded = decode_many(session, dict.fromkeys(range(len(session.prompts)), proposer), max(VALIDATION_BUDGETS))
+        for q in range(len(session.prompts)):
+            for t in VALIDATION_BUDGETS:
+                found[t].append(decoded[q].at(t)[0].cpu().numpy())
     targets = np.stack([q.target.numpy() for q in queries])
     return {f"T={t}": similarity(np.stack(found[t]), targets) for t in VALIDATION_BUDGETS}
 
@@ -128,13 +132,30 @@ def _save(out: Path, agent: Agent, reference: Agent, optimizer, progress: dict) 
         )
 
 
+def _sessions(target: Target, requests: list, prompt: PromptConfig, batching: BatchConfig) -> list[TargetSession]:
+    """Batched sessions over ``requests``, in order (``batching`` decides the groups)."""
+    prompts = [
+        build_prompt(target.tokenizer, r.query.text, [c.doc for c in r.candidates], prompt, target.max_positions)
+        for r in requests
+    ]
+    groups = batches([len(p.token_ids) for p in prompts], batching)
+    return [TargetSession.from_prompts(target, [prompts[i] for i in group]) for group in groups]
+
+
 def train(
-    target: Target, requests: list, out: str | os.PathLike, config: TrainConfig = TrainConfig(), resume: bool = False
+    target: Target,
+    requests: list,
+    out: str | os.PathLike,
+    config: TrainConfig = TrainConfig(),
+    resume: bool = False,
+    batching: BatchConfig = BatchConfig(),
 ) -> Agent:
     """Train an agent on ``requests`` (RankLLM requests of equal K) and write it to ``out``.
 
     ``out`` receives the final agent (``agent.json``, ``model.safetensors``), the Stage I agent in
     ``out/stage1`` and ``train_state.pt``, from which ``resume=True`` continues after a kill.
+    ``batching`` groups queries into one session for the target cache, validation and RPO rollouts
+    (rollouts never span an Adam step, so every trajectory is sampled from the current policy).
 
     Raises:
         ValueError: too few requests for the validation split, lists of unequal length for a K-tied
@@ -160,7 +181,7 @@ def train(
     order = rng.permutation(len(requests))
     val_idx, train_idx = order[: config.val_queries], order[config.val_queries :]
     # Aligned with the requests by position: qids may repeat (e.g. one query's several windows).
-    cached = cached_queries(target, requests, config.prompt, config.budget)
+    cached = cached_queries(target, requests, config.prompt, config.budget, batching=batching)
     train_req, train_q = [requests[i] for i in train_idx], [cached[i] for i in train_idx]
     val_req, val_q = [requests[i] for i in val_idx], [cached[i] for i in val_idx]
 
@@ -177,12 +198,13 @@ def train(
             "k": sorted(ks),
         },
     }
-    agent = Agent(agent_config, metadata)
+    device = target.model.device  # the agent lives where the loop's tensors do
+    agent = Agent(agent_config, metadata).to(device)
     reference = copy.deepcopy(agent)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.stage1_lr)
     progress = {"stage": "stage1", "epoch": 0, "position": 0, "history": []}
     if resume and (out / "train_state.pt").exists():
-        state = torch.load(out / "train_state.pt", weights_only=False)
+        state = torch.load(out / "train_state.pt", weights_only=False, map_location=device)
         agent.load_state_dict(state["agent"])
         reference.load_state_dict(state["reference"])
         progress = state["progress"]
@@ -191,7 +213,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         log.info("resuming at %s epoch %d query %d", progress["stage"], progress["epoch"], progress["position"])
 
-    val_sessions = [TargetSession.from_request(target, r, config.prompt) for r in val_req]
+    val_sessions = _sessions(target, val_req, config.prompt, batching)
 
     def record(stage: str, epoch: int, extra: dict) -> None:
         metrics = validate(agent, val_sessions, val_q) if val_q else {}
@@ -203,13 +225,13 @@ def train(
     if progress["stage"] == "stage1":
         if progress["epoch"] == 0 and not progress["history"]:
             record("init", 0, {})
-        batches = _states(train_q)
+        stage1 = [(state.to(device), targets.to(device)) for state, targets in _states(train_q)]
         while progress["epoch"] < config.stage1_epochs:
             agent.train()
             epoch = progress["epoch"]
             losses = []
             g = _generator(config.seed, 1, epoch)
-            for state, targets in batches:
+            for state, targets in stage1:
                 perm = torch.randperm(targets.shape[0], generator=g)
                 for rows in perm.split(config.batch * 4):
                     loss = supervised_loss(agent, state.select(rows), targets[rows])
@@ -238,18 +260,27 @@ def train(
         stats = []
         optimizer.zero_grad()
         while progress["position"] < n_rl:
-            i = int(order[progress["position"]])
-            request, q = train_req[i], train_q[i]
-            session = TargetSession.from_request(target, request, config.prompt)
+            # The queries up to the next Adam step (or fewer: --batch-size), rolled out in one session.
+            start = progress["position"]
+            stop = min(start + batching.batch_size, (start // config.batch + 1) * config.batch, n_rl)
+            chunk = [int(i) for i in order[start:stop]]
+            session = _sessions(target, [train_req[i] for i in chunk], config.prompt, BatchConfig(len(chunk)))[0]
             agent.eval()
-            proposer = AgentProposer(agent, _generator(config.seed, 3, epoch, i), greedy_rows=1)
-            decoded = decode(session, proposer, config.budget, trajectories=1 + config.group)
+            proposers = {
+                q: AgentProposer(agent, _generator(config.seed, 3, epoch, i), greedy_rows=1)
+                for q, i in enumerate(chunk)
+            }
+            rollouts = decode_many(session, proposers, config.budget, trajectories=1 + config.group)
             agent.train()
-            loss, s = rpo_loss(agent, reference, decoded, q.target, config.advantage, config.beta, config.budget)
-            (loss / config.batch).backward()
-            stats.append(s)
-            progress["position"] += 1
-            bar.update(1)
+            for q, i in enumerate(chunk):
+                decoded = rollouts[q]
+                loss, s = rpo_loss(
+                    agent, reference, decoded, train_q[i].target, config.advantage, config.beta, config.budget
+                )
+                (loss / config.batch).backward()
+                stats.append(s)
+            progress["position"] = stop
+            bar.update(len(chunk))
             if progress["position"] % config.batch == 0 or progress["position"] == n_rl:
                 optimizer.step()
                 optimizer.zero_grad()
