@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/decode_latency.py                      # embedded SmolLM2, CPU
     .venv/bin/python benchmarks/decode_latency.py --model llama-3.2-3b-random --device cuda --dtype bfloat16
+    (benchmarks/throughput.py measures latency and throughput side by side; this script times single steps)
 
 Per request (K = 20 by default) it times: the prompt prefill; one verification pass over a whole
 ranking (full) and over a ranking sharing its first K/2 slots with the last verified one (tail
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from throughput import SHAPES, random_shape  # benchmarks/ is on sys.path when a script in it runs
 
 from rsd_rerank.files import atomic_write
 from rsd_rerank.methods import DecodingConfig, rank
@@ -31,35 +33,10 @@ from rsd_rerank.metrics import kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
-from rsd_rerank.targets import Target, load_target
+from rsd_rerank.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGETS = (1, 3, 5, 7)
-
-
-def llama_3_2_3b_random(dtype: torch.dtype, device: str) -> Target:
-    """Llama-3.2-3B's shape with random weights (no hub) and SmolLM2's tokenizer: real-size compute."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from rsd_rerank.targets import embedded_model_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(), local_files_only=True)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=3072,
-        intermediate_size=8192,
-        num_hidden_layers=28,
-        num_attention_heads=24,
-        num_key_value_heads=8,
-        head_dim=128,
-        max_position_embeddings=131072,
-        rope_theta=500000.0,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
-    return Target(model.eval(), tokenizer, "llama-3.2-3b-random")
 
 
 def _sync(device: str) -> None:
@@ -88,12 +65,15 @@ def free_generation(session: TargetSession) -> tuple[float, int, bool]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    dtype = getattr(torch, args.dtype)
-    if args.model == "llama-3.2-3b-random":
-        target = llama_3_2_3b_random(dtype, args.device)
+    if args.model in SHAPES:  # a real size with random weights and SmolLM2's tokenizer (benchmarks/throughput.py)
+        from transformers import AutoTokenizer
+
+        from rsd_rerank.targets import embedded_model_dir
+
+        tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(), local_files_only=True)
+        target = random_shape(args.model, tokenizer, args.device, args.dtype)
     else:
-        t = load_target(args.model)
-        target = Target(t.model.to(device=args.device, dtype=dtype), t.tokenizer, t.name)
+        target = load_target(args.model, device=args.device, dtype=args.dtype)
     prompt = PromptConfig(max_passage_words=args.max_passage_words)
     requests = [r for r in read_requests(args.requests) if len(r.candidates) >= args.k][: args.queries]
     if not requests:
@@ -194,7 +174,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="as rsd-rerank --model, or 'llama-3.2-3b-random'")
+    p.add_argument("--model", default=None, help=f"as rsd-rerank --model, or one of {', '.join(SHAPES)}")
     p.add_argument("--requests", default=str(ROOT / "examples" / "requests.jsonl"))
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--queries", type=int, default=20)

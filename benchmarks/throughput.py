@@ -9,7 +9,7 @@ only torch and transformers (the lent GPU machine has neither rank_llm, pyserini
     .venv/bin/python benchmarks/throughput.py run --bundle runs/bench --model smollm2 --device cpu --dtype float32 \\
         --queries 8 --batch-sizes 1,4,8 --out benchmarks/results/throughput-smollm2-cpu
     # 2. on a GPU (the device tool: carry runs/bench), random-weight real shapes in bf16
-    python benchmarks/throughput.py run --bundle runs/bench --model llama-3.2-3b-random --device cuda \\
+    PYTHONPATH=. python benchmarks/throughput.py run --bundle runs/bench --model llama-3.2-3b-random --device cuda \\
         --dtype bfloat16 --batch-sizes 1,4,16,32,64 --out benchmarks/results/throughput-llama-3.2-3b-cuda
     # the same code paths, on the CPU with a tiny shape (what a GPU session must not have to debug)
     .venv/bin/python benchmarks/throughput.py run --bundle runs/bench --model tiny-random --dry-run
@@ -136,7 +136,9 @@ def _peak_memory(device: torch.device) -> float:
 
 
 def _agent_for(target: Target) -> str | None:
-    return "random-llama"  # the bundled agent of the hard target; same tokenizer, any K (equivariant)
+    """The bundled agent trained on the target (None picks it); the random real-size shapes share
+    SmolLM2's tokenizer and get the hard target's agent (equivariant: any K), as a stand-in."""
+    return None if target.name in ("smollm2", "random-llama") or target.name.startswith("random-llama(") else "random-llama"
 
 
 def latency(target: Target, prompts: list[Prompt], budget: int, repeats: int) -> dict:
@@ -305,8 +307,8 @@ def run(args: argparse.Namespace) -> dict:
     import transformers
 
     tokenizer, prompts = load_bundle(Path(args.bundle))
-    if args.dry_run:
-        args.model, args.queries, args.repeats, args.batch_sizes = "tiny-random", 3, 1, [1, 2]
+    if args.dry_run:  # bf16 as on the GPU: the rounding paths run too
+        args.model, args.dtype, args.queries, args.repeats, args.batch_sizes = "tiny-random", "bfloat16", 3, 1, [1, 2]
     if args.model in SHAPES:
         target = random_shape(args.model, tokenizer, args.device, args.dtype)
     else:
@@ -341,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", default=str(ROOT / "indexes" / "beir-scifact"))
     p.add_argument("--queries", type=int, default=64)
     p.add_argument("--k", type=int, default=20)
-    p.add_argument("--words", type=int, default=80, help="words per passage (80: prompts of about 2k tokens)")
+    p.add_argument("--words", type=int, default=60, help="words per passage (60: prompts of about 2k tokens)")
     p = sub.add_parser("run", help="measure")
     p.add_argument("--bundle", default="runs/bench")
     p.add_argument("--model", default="smollm2", help=f"smollm2, random-llama, a local model, or {', '.join(SHAPES)}")

@@ -150,19 +150,18 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
         )
     target = _load_target(args)
     ranked = []
-    bar = tqdm(total=len(requests), desc=decoding.run_tag, unit="query", file=sys.stderr)
-    for batch in rerank_requests(target, requests, decoding, prompt, batching):
-        ranked += batch
-        bar.update(len(batch))
-        for r in batch:
-            t = r.trace
-            tqdm.write(
-                f"qid {r.qid}: K={len(r.docids)} prompt={r.prompt_tokens} tok, passes={t.passes}, "
-                f"prefill {t.prefill_seconds:.2f}s, decode {t.decode_seconds:.2f}s"
-                + (f" (batch of {len(batch)})" if len(batch) > 1 else "")
-                + f", i*={t.accepted_of()}"
-            )
-    bar.close()
+    with tqdm(total=len(requests), desc=decoding.run_tag, unit="query", file=sys.stderr) as bar:
+        for batch in rerank_requests(target, requests, decoding, prompt, batching):
+            ranked += batch
+            bar.update(len(batch))
+            for r in batch:
+                t = r.trace
+                tqdm.write(
+                    f"qid {r.qid}: K={len(r.docids)} prompt={r.prompt_tokens} tok, passes={t.passes}, "
+                    f"prefill {t.prefill_seconds:.2f}s, decode {t.decode_seconds:.2f}s"
+                    + (f" (batch of {len(batch)})" if len(batch) > 1 else "")
+                    + f", i*={t.accepted_of()}"
+                )
     n = write_run(args.output, {r.qid: rank_scores(r.docids) for r in ranked}, decoding.run_tag)
     print(f"wrote {n} lines for {len(ranked)} queries to {args.output}")
 

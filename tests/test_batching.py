@@ -180,3 +180,63 @@ def test_bfloat16_on_the_cpu_is_exact_in_its_own_terms(query_docs):
         assert session.verify(decoded.ranking).accepted.item() == session.k
         _, reference = session.stepwise_rows(decoded.ranking)
         assert (session.verify(decoded.ranking).matrices[0] - reference).abs().max() < 0.25
+
+
+def test_device_and_dtype_errors_name_the_option_and_touch_nothing(tmp_path, requests_json, capsys):
+    import json
+
+    from rsd_rerank.cli import main
+
+    requests = tmp_path / "r.jsonl"
+    requests.write_text("".join(json.dumps(r) + "\n" for r in requests_json))
+    out = tmp_path / "run.trec"
+    out.write_text("previous run\n")
+    base = ["rerank", "--model", "random-llama", "--requests", str(requests), "--output", str(out)]
+    if not torch.cuda.is_available():
+        assert main([*base, "--device", "cuda"]) == 2
+        assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+    assert main([*base, "--device", "tpu"]) == 2
+    assert "--device 'tpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: not a choice
+        main([*base, "--dtype", "float64"])
+    assert out.read_text() == "previous run\n"
+
+
+def test_out_of_memory_is_one_line_naming_the_batch_options(tmp_path, requests_json, capsys, monkeypatch):
+    import json
+
+    from rsd_rerank.cli import main
+    from rsd_rerank.targets import Target
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    real = Target.__init__
+
+    def patched(self, model, tokenizer, name):
+        real(self, model, tokenizer, name)
+        monkeypatch.setattr(model, "forward", oom)
+
+    monkeypatch.setattr(Target, "__init__", patched)
+    requests = tmp_path / "r.jsonl"
+    requests.write_text("".join(json.dumps(r) + "\n" for r in requests_json))
+    args = ["rerank", "--model", "random-llama", "--requests", str(requests), "--output", str(tmp_path / "o")]
+    assert main([*args, "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error:" in line]  # one line (beside the progress bar)
+    assert "out of memory" in line and "--batch-size or --max-batch-tokens" in line and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cpu_bfloat16_produces_a_run(tmp_path, requests_json):
+    import json
+
+    from rsd_rerank.cli import main
+
+    requests = tmp_path / "r.jsonl"
+    requests.write_text("".join(json.dumps(r) + "\n" for r in requests_json))
+    out = tmp_path / "bf16.trec"
+    args = ["rerank", "--model", "random-llama", "--device", "cpu", "--dtype", "bfloat16", "--batch-size", "2"]
+    assert main([*args, "--requests", str(requests), "--output", str(out)]) == 0
+    lines = [line.split() for line in out.read_text().splitlines()]
+    assert len(lines) == 40 and {line[5] for line in lines} == {"rsd-rerank.rsd5"}
