@@ -138,7 +138,11 @@ def _peak_memory(device: torch.device) -> float:
 def _agent_for(target: Target) -> str | None:
     """The bundled agent trained on the target (None picks it); the random real-size shapes share
     SmolLM2's tokenizer and get the hard target's agent (equivariant: any K), as a stand-in."""
-    return None if target.name in ("smollm2", "random-llama") or target.name.startswith("random-llama(") else "random-llama"
+    return (
+        None
+        if target.name in ("smollm2", "random-llama") or target.name.startswith("random-llama(")
+        else "random-llama"
+    )
 
 
 def latency(target: Target, prompts: list[Prompt], budget: int, repeats: int) -> dict:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from rsd_rerank.integrations.measures import evaluate
 from rsd_rerank.methods import DecodingConfig, rank_many
 from rsd_rerank.metrics import similarity
-from rsd_rerank.prompt import PromptConfig, build_prompt, check_candidates
+from rsd_rerank.prompt import PromptConfig, check_candidates, request_prompt
 from rsd_rerank.runs import BatchConfig, batches
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
@@ -71,10 +71,7 @@ def compare(
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(COMPARE_METHODS)}")
     for request in requests:
         check_candidates([str(c.docid) for c in request.candidates])
-    prompts = [
-        build_prompt(target.tokenizer, r.query.text, [c.doc for c in r.candidates], prompt, target.max_positions)
-        for r in requests
-    ]
+    prompts = [request_prompt(target.tokenizer, r, prompt, target.max_positions) for r in requests]
     records = []
     bar = tqdm(total=len(requests), desc="compare", unit="query")
     for group in batches([len(p.token_ids) for p in prompts], batching):

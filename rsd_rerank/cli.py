@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import inspect
 import json
 import logging
@@ -13,6 +14,7 @@ import traceback
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 
 from rsd_rerank.agent import K_TIED, NETWORKS, AgentConfig
 from rsd_rerank.methods import BUDGETED, METHODS, DecodingConfig
@@ -48,6 +50,24 @@ TRAIN_FIELDS = (
     "save_every",
     "seed",
 )
+MINIMUM = {
+    "max_passage_words": 1,
+    "context_size": 1,
+    "batch_size": 1,
+    "max_batch_tokens": 1,
+    "budget": 0,
+    "group": 1,
+    "stage1_epochs": 0,
+    "rpo_epochs": 0,
+    "rpo_queries": 1,
+    "batch": 1,
+    "val_queries": 0,
+    "save_every": 1,
+    "hidden": 1,
+    "layers": 1,
+    "heads": 1,
+}
+"""Integer options are range-checked at parse time: 0 or a negative number would run and mean nothing."""
 CHOICES = {"method": METHODS, "network": NETWORKS, "advantage": ADVANTAGES, "dtype": DTYPES, "device_map": ("auto",)}
 
 
@@ -66,10 +86,27 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _option_type(cls: type, name: str) -> type:
+def at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from err
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _option_type(cls: type, name: str):
     hint = typing.get_type_hints(cls)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if hint is int and name in MINIMUM:
+        return at_least(MINIMUM[name])
     return hint
 
 
@@ -306,7 +343,7 @@ def _add_topic_options(p: argparse.ArgumentParser, required: bool = True) -> Non
     topics.add_argument("--dataset", help="ir_datasets id with queries (and qrels), e.g. beir/scifact/test")
     topics.add_argument("--topics", help="qid<TAB>text file")
     p.add_argument("--qrels", help="TREC qrels file (default: the dataset's own)")
-    p.add_argument("--queries", type=int, help="only the first N queries")
+    p.add_argument("--queries", type=at_least(1), help="only the first N queries")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -320,7 +357,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise ValueError(f"the {args.network!r} network is tied to one list length; the requests have {ks}")
     agent = config_from(AgentConfig, args, AGENT_FIELDS, k=ks[0] if tied else None)
     config = config_from(TrainConfig, args, TRAIN_FIELDS, agent=agent, prompt=_prompt_config(args))
-    agent = train(_load_target(args), requests, args.out, config, resume=args.resume, batching=_batch_config(args))
+    agent = train(
+        _load_target(args),
+        requests,
+        args.out,
+        config,
+        resume=args.resume,
+        batching=_batch_config(args),
+        overwrite=args.overwrite,
+    )
     for budget, m in agent.metadata["validation"].items():
         print(f"validation {budget}: " + " ".join(f"{name} {m[name]:.4f}" for name in MEASURES))
     print(f"wrote agent to {args.out}")
@@ -348,10 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True)
     _add_topic_options(p)
     p.add_argument("--exclude", help="drop the queries of these topics (e.g. beir/scifact/test for training claims)")
-    p.add_argument("--hits", type=int, default=1000)
+    p.add_argument("--hits", type=at_least(1), default=1000)
     p.add_argument("--output", required=True, help="TREC run file, written atomically")
     p.add_argument("--requests", help="also write each query's top --candidates hits as RankLLM request JSONL")
-    p.add_argument("--candidates", type=int, default=20, help="hits per request in --requests (default 20)")
+    p.add_argument("--candidates", type=at_least(1), default=20, help="hits per request in --requests (default 20)")
     p.set_defaults(func=_cmd_retrieve)
 
     p = sub.add_parser("pipeline", help="BM25 → rerank the top k → TREC run → metrics next to BM25's")
@@ -359,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_options(p)
     p.add_argument("--index", required=True, help="Lucene index (rsd-rerank index)")
     _add_topic_options(p)
-    p.add_argument("--hits", type=int, default=100, help="BM25 hits per query kept in the run")
-    p.add_argument("--rerank-top", type=int, default=20, help="hits reranked (RankLLM windows 20/10 beyond 20)")
+    p.add_argument("--hits", type=at_least(1), default=100, help="BM25 hits per query kept in the run")
+    p.add_argument("--rerank-top", type=at_least(1), default=20, help="hits reranked (RankLLM windows 20/10 beyond 20)")
     p.add_argument("--output", required=True, help="TREC run, rewritten atomically after every query")
     p.add_argument("--resume", action="store_true", help="skip queries already in --output")
     p.set_defaults(func=_cmd_pipeline)
@@ -370,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", help="RankLLM request JSONL (instead of --index + --dataset)")
     p.add_argument("--index", help="Lucene index for BM25 candidates")
     _add_topic_options(p, required=False)
-    p.add_argument("--candidates", type=int, default=20, help="BM25 hits per query to rerank (K)")
+    p.add_argument("--candidates", type=at_least(1), default=20, help="BM25 hits per query to rerank (K)")
     p.add_argument("--methods", default="generate,first,std,gsd,consensus,rsd,greedy")
     p.add_argument("--budgets", type=_budgets, default=[1, 3, 5, 7], help="T values for gsd/consensus/rsd")
     add_config_options(p, DecodingConfig, ["agent"])
@@ -384,15 +429,52 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, AgentConfig, AGENT_FIELDS)
     add_config_options(p, TrainConfig, TRAIN_FIELDS)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an agent or a run already in --out")
     p.set_defaults(func=_cmd_train)
     return parser
+
+
+def _inputs_and_outputs(args: argparse.Namespace) -> tuple[list, list[tuple[Path, bool]]]:
+    """The files a command reads and the files (False) or folders (True) it writes."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    inputs = [get("requests") if args.command != "retrieve" else None, get("topics"), get("qrels"), get("corpus")]
+    outputs: list[tuple[Path, bool]] = []
+    if args.command in ("rerank", "retrieve", "pipeline"):
+        outputs.append((Path(args.output), False))
+    if args.command == "retrieve" and args.requests:
+        outputs.append((Path(args.requests), False))
+    if args.command == "compare":
+        outputs += [(Path(args.out).with_suffix(suffix), False) for suffix in (".json", ".md", ".png")]
+    if args.command == "train":
+        outputs.append((Path(args.out), True))
+    if args.command == "index":
+        outputs.append((Path(args.index), True))
+    return inputs, outputs
+
+
+def _guarded(args: argparse.Namespace) -> None:
+    """Run the command once its outputs are known to be writable, distinct from its inputs and locked."""
+    from rsd_rerank.files import check_writable, distinct_paths, locked
+
+    inputs, outputs = _inputs_and_outputs(args)
+    distinct_paths(inputs, [path for path, _ in outputs])
+    for path, directory in outputs:
+        check_writable(path, directory=directory)
+    if args.command == "train":
+        from rsd_rerank.targets import cache_dir
+
+        check_writable(cache_dir(), directory=True, what="cache folder (RSD_RERANK_CACHE)")
+    with contextlib.ExitStack() as stack:
+        for path, _ in outputs:
+            stack.enter_context(locked(path))
+        args.func(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        args.func(args)
+        _guarded(args)
     except (ValueError, RuntimeError, OSError) as err:
         # Bad input (ValueError) and the environment (a missing model, a full disk, no JVM) both reach
         # the user as one line; the traceback is for -v.
@@ -400,6 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"rsd-rerank {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every output is written atomically: what is on disk is whole, and --resume continues it.
+        print(f"rsd-rerank {args.command}: interrupted; outputs on disk are complete up to the last write", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Atomic file writes: readers never see half a file, and a crash leaves the old file in place.
+"""Safe outputs: atomic writes that keep an existing file's mode, checks that an output can be written
+before any work starts, and an exclusive lock per output for the whole run.
 
 Nothing of the project is imported here, so every module may use these helpers without forming an
 import circle.
@@ -7,25 +8,43 @@ import circle.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_write", "replacing"]
+__all__ = ["atomic_write", "check_writable", "distinct_paths", "locked", "replacing"]
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (atomic on POSIX),
-    on any exception it is removed and ``path`` is left as it was."""
+    on any exception it is removed and ``path`` is left as it was.
+
+    The new file gets the mode of the file it replaces (or, for a new file, what the umask allows),
+    not the temporary file's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = _new_file_mode()
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -33,8 +52,95 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsync and a rename."""
+    """Write ``text`` to ``path`` through a temporary file, fsync and a rename.
+
+    Raises:
+        OSError: the write failed (a full disk, say); ``path`` is left as it was.
+    """
     with replacing(path) as tmp, open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_writable(path: str | os.PathLike, directory: bool = False, what: str = "output") -> None:
+    """Fail before any work if ``path`` (a file, or a folder with ``directory``) could not be written.
+
+    Raises:
+        ValueError: a file output that is a folder, a folder output that is a file, a parent that is
+            a file, or a parent folder this process may not write into.
+    """
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise ValueError(f"{what} {path} is a file, not a folder; choose another path")
+        if not directory and path.is_dir():
+            raise ValueError(f"{what} {path} is a folder; give a file path")
+        writable = path if directory else path.parent
+    else:
+        writable = _nearest_existing(path.parent)
+        if not writable.is_dir():
+            raise ValueError(f"{what} {path}: {writable} is a file, not a folder")
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: {writable} is not writable; choose another path or fix its permissions")
+
+
+def distinct_paths(inputs: Sequence[str | os.PathLike | None], outputs: Sequence[str | os.PathLike | None]) -> None:
+    """Refuse an output that is an input or another output (paths compared resolved: symlinks, ``./``).
+
+    Raises:
+        ValueError: naming both options' paths.
+    """
+    seen: dict[Path, str] = {}
+    for kind, paths in (("input", inputs), ("output", outputs)):
+        for p in paths:
+            if p is None:
+                continue
+            resolved = Path(p).resolve()
+            if resolved in seen and (kind == "output" or seen[resolved] == "output"):
+                raise ValueError(
+                    f"{p} is both an {seen[resolved]} and an {kind} of this command; writing it would replace it"
+                )
+            seen.setdefault(resolved, kind)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on output ``path`` for the block (a lock file beside it, removed after).
+
+    Raises:
+        ValueError: another process holds the lock (another run is writing the same output).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise ValueError(
+                    f"another run is writing {path} (it holds {lock}); wait for it or choose another output"
+                ) from err
+            raise
+        # The holder before us may have removed the lock file after we opened it: then lock the new one.
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)

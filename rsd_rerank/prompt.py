@@ -30,6 +30,7 @@ __all__ = [
     "chat_ids",
     "check_candidates",
     "prompt_from_messages",
+    "request_prompt",
     "ranking_layout",
     "ranking_text",
     "template_path",
@@ -202,6 +203,8 @@ def _load_template(name_or_path: str) -> dict[str, str]:
             template = yaml.safe_load(f)
     except OSError as err:
         raise ValueError(f"prompt template {name_or_path!r} is neither a file nor one of RankLLM's templates") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"prompt template {path} is not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(template, dict) or template.get("method") != "singleturn_listwise":
         raise ValueError(f"prompt template {path} is not a RankLLM 'singleturn_listwise' template")
     return template
@@ -302,3 +305,13 @@ def build_prompt(
     if words < config.max_passage_words:
         log.warning("passages cut to %d words each so that the prompt fits %d tokens", words, limit)
     return replace(prompt, passage_words=words, truncated_passages=sum(n > words for n in full_words))
+
+
+def request_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    request: Any,
+    config: PromptConfig = PromptConfig(),
+    max_tokens: int | None = None,
+) -> Prompt:
+    """``build_prompt`` for a RankLLM ``Request`` (its query text and its candidates' docs)."""
+    return build_prompt(tokenizer, request.query.text, [c.doc for c in request.candidates], config, max_tokens)

@@ -4,6 +4,7 @@ of TREC run files (``write_run``, ``read_run``)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 from rsd_rerank.decoding import Trace
 from rsd_rerank.files import atomic_write
 from rsd_rerank.methods import DecodingConfig, rank_many
-from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, check_candidates
+from rsd_rerank.prompt import Prompt, PromptConfig, check_candidates, request_prompt
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
 
@@ -30,6 +31,8 @@ __all__ = [
     "rerank_requests",
     "write_run",
 ]
+
+log = logging.getLogger(__name__)
 
 Hits = list[tuple[str, float]]
 """One query's ranked documents, best first: ``[(docid, score), …]``."""
@@ -58,6 +61,13 @@ def read_requests(path: str | os.PathLike) -> list:
             raise ValueError(f"{path}:{number}: not a RankLLM request ({err})") from err
     if not requests:
         raise ValueError(f"{path} holds no requests")
+    empty = [str(r.query.qid) for r in requests if not str(r.query.text).strip()]
+    if empty:
+        log.warning("%s: %d requests have an empty query text: %s", path, len(empty), ", ".join(empty[:10]))
+    for number, r in enumerate(requests, start=1):
+        for kind, value in (("qid", r.query.qid), *(("docid", c.docid) for c in r.candidates)):
+            if not str(value).strip() or any(ch.isspace() for ch in str(value)):
+                raise ValueError(f"{path}: request {number} has {kind} {str(value)!r}: TREC runs need ids without whitespace")
     return requests
 
 
@@ -137,9 +147,7 @@ def rerank_requests(
     for request in requests:
         check_candidates([str(c.docid) for c in request.candidates])
     prompts: list[Prompt | None] = [
-        None
-        if len(r.candidates) == 1
-        else build_prompt(target.tokenizer, r.query.text, [c.doc for c in r.candidates], prompt, target.max_positions)
+        None if len(r.candidates) == 1 else request_prompt(target.tokenizer, r, prompt, target.max_positions)
         for r in requests
     ]
     lengths = [0 if p is None else len(p.token_ids) for p in prompts]

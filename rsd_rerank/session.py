@@ -11,8 +11,9 @@ the prefill and never changes. A verification pass therefore feeds K-1 identifie
 separators (76 tokens for K=20 with SmolLM2's tokenizer) on top of the cached prompt, and only the
 tail that differs from the query's last verified ranking: rows and KV of the shared prefix are reused.
 
-Batching. The Q prompts are left-padded to the longest one and prefilled in one forward with an
-explicit attention mask and position ids (transformers would otherwise number the padding). Every
+Batching. The Q prompts are prefilled one by one and their KV left-padded to the longest; every later
+forward has an explicit attention mask and position ids (transformers would otherwise number the
+padding). Every
 query keeps the KV of its last verified ranking. A verification pass takes any set of queries, each
 with its own B rankings of its own K, and feeds all of them in one forward: every sequence starts at
 the smallest shared prefix among them, the sequences are right-padded to the longest tail, and the
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, ranking_text
+from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, ranking_text, request_prompt
 from rsd_rerank.targets import Target
 
 __all__ = ["Generation", "TargetSession", "Verification", "accepted_length", "greedy_choices"]
@@ -126,7 +127,7 @@ class TargetSession:
     @classmethod
     def from_request(cls, target: Target, request: Any, config: PromptConfig = PromptConfig()) -> TargetSession:
         """A session on a RankLLM ``Request`` (its query text and its candidates' docs)."""
-        return cls(target, request.query.text, [c.doc for c in request.candidates], config)
+        return cls.from_prompts(target, [request_prompt(target.tokenizer, request, config, target.max_positions)])
 
     @classmethod
     def from_prompt(cls, target: Target, prompt: Prompt) -> TargetSession:
@@ -179,19 +180,31 @@ class TargetSession:
 
         start = self.clock()
         lengths = [len(p.token_ids) for p in prompts]
-        self._width = max(lengths)  # P: every prompt is left-padded to it
-        ids = torch.full((len(prompts), self._width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros(len(prompts), self._width, dtype=torch.long)
-        for q, p in enumerate(prompts):
-            ids[q, self._width - len(p.token_ids) :] = torch.tensor(p.token_ids)
-            mask[q, self._width - len(p.token_ids) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        self._width = max(lengths)  # P: every prompt's KV is left-padded to it
+        mask = torch.zeros(len(prompts), self._width, dtype=torch.long, device=self.device)
+        # Each prompt is prefilled alone and its KV placed, left-padded, in the batch's: a padded prefill
+        # would need an explicit [B, H, P, P] attention mask (slow paths; on a CPU slower than one by one)
+        # and gains little over one compute-bound forward per long prompt.
+        kv: KV = []
+        row0 = []
+        for q, prompt in enumerate(prompts):
+            n = len(prompt.token_ids)
+            ids = torch.tensor([prompt.token_ids], device=self.device)
+            positions = torch.arange(n, device=self.device)[None]
+            logits, cache = self._forward(ids, None, torch.ones_like(ids), positions, keep=1, queries=None)
+            for layer, (k_, v_) in enumerate(self._kv_of(cache, n)):
+                if q == 0:
+                    shape = (len(prompts), k_.shape[1], self._width, k_.shape[3])
+                    kv.append((k_.new_zeros(shape), v_.new_zeros(shape)))
+                kv[layer][0][q, :, self._width - n :] = k_[0]
+                kv[layer][1][q, :, self._width - n :] = v_[0]
+            mask[q, self._width - n :] = 1
+            row0.append(logits[0, -1])
         self._prompt_mask = mask  # [Q, P]
         self._lengths = torch.tensor(lengths, device=self.device)  # [Q] real prompt tokens
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        logits, cache = self._forward(ids, None, mask, positions, keep=1, queries=None)
-        self._prompt_kv = self._kv_of(cache, self._width)  # [Q, H, P, D] per layer
-        self._row0 = self._rows(logits[:, -1], torch.arange(len(prompts), device=self.device), first=True)  # [Q, K_max]
+        self._prompt_kv = kv  # [Q, H, P, D] per layer
+        queries = torch.arange(len(prompts), device=self.device)
+        self._row0 = self._rows(torch.stack(row0), queries, first=True)  # [Q, K_max]
         self.prefill_seconds = self.clock() - start
         """Seconds of the prompts' prefill (for Q > 1: the whole batch's)."""
         self.prompt_lengths = lengths
@@ -328,6 +341,8 @@ class TargetSession:
         slots of its query's cached ranking."""
         length = self._width + slots * self._step
         q_list = queries.tolist()
+        if q_list == list(range(len(self.prompts))) and (slots == 0 or all(kv is None for kv in self._cached_kv)):
+            return self._prompt_kv  # every prompt, in order: no copy
         layers = []
         for layer in range(len(self._prompt_kv)):
             parts_k, parts_v = [], []

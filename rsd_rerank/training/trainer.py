@@ -21,7 +21,7 @@ from rsd_rerank.agent import Agent, AgentConfig, AgentProposer, save_agent
 from rsd_rerank.decoding import decode_many
 from rsd_rerank.files import replacing
 from rsd_rerank.metrics import similarity
-from rsd_rerank.prompt import PromptConfig, build_prompt
+from rsd_rerank.prompt import PromptConfig, request_prompt
 from rsd_rerank.proposers import Round
 from rsd_rerank.runs import BatchConfig, batches
 from rsd_rerank.session import TargetSession
@@ -134,10 +134,7 @@ def _save(out: Path, agent: Agent, reference: Agent, optimizer, progress: dict) 
 
 def _sessions(target: Target, requests: list, prompt: PromptConfig, batching: BatchConfig) -> list[TargetSession]:
     """Batched sessions over ``requests``, in order (``batching`` decides the groups)."""
-    prompts = [
-        build_prompt(target.tokenizer, r.query.text, [c.doc for c in r.candidates], prompt, target.max_positions)
-        for r in requests
-    ]
+    prompts = [request_prompt(target.tokenizer, r, prompt, target.max_positions) for r in requests]
     groups = batches([len(p.token_ids) for p in prompts], batching)
     return [TargetSession.from_prompts(target, [prompts[i] for i in group]) for group in groups]
 
@@ -149,6 +146,7 @@ def train(
     config: TrainConfig = TrainConfig(),
     resume: bool = False,
     batching: BatchConfig = BatchConfig(),
+    overwrite: bool = False,
 ) -> Agent:
     """Train an agent on ``requests`` (RankLLM requests of equal K) and write it to ``out``.
 
@@ -159,15 +157,20 @@ def train(
 
     Raises:
         ValueError: too few requests for the validation split, lists of unequal length for a K-tied
-            network, or ``out`` holding a run that ``resume`` was not asked to continue.
+            network, or ``out`` holding a run or an agent that neither ``resume`` nor ``overwrite`` allows.
     """
     out = Path(out)
     single = sum(len(r.candidates) < 2 for r in requests)
     if single:
         log.warning("%d requests with a single candidate have nothing to rank and are left out", single)
         requests = [r for r in requests if len(r.candidates) >= 2]
-    if (out / "train_state.pt").exists() and not resume:
+    if (out / "train_state.pt").exists() and not resume and not overwrite:
         raise ValueError(f"{out} holds a training run; pass --resume to continue it or choose another --out")
+    held = [name for name in ("agent.json", "model.safetensors") if (out / name).exists()]
+    if held and not resume and not overwrite:
+        raise ValueError(
+            f"{out} holds an agent ({', '.join(held)}); pass --overwrite to replace it or choose another --out"
+        )
     ks = {len(r.candidates) for r in requests}
     agent_config = config.agent
     if agent_config.k is not None and ks != {agent_config.k}:

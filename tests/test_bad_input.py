@@ -1,0 +1,320 @@
+"""Nothing lost, nothing silent: every numbered case of the bad-input issue, through the CLI as a user meets it."""
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+from rsd_rerank.cli import main
+from rsd_rerank.files import locked
+
+
+@pytest.fixture
+def requests_file(tmp_path, requests_json):
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests_json))
+    return path
+
+
+def _rerank(requests, output, *extra):
+    return main(
+        [
+            "rerank",
+            "--model",
+            "random-llama",
+            "--method",
+            "std",
+            "--requests",
+            str(requests),
+            "--output",
+            str(output),
+            *extra,
+        ]
+    )
+
+
+# 1. train --out holding an agent
+
+
+def test_train_refuses_to_overwrite_an_agent(tmp_path, requests_file, capsys):
+    # The README's workflow copies a bundled agent's files into a folder: training there again must not eat it.
+    from rsd_rerank.agent import BUNDLED
+
+    out = tmp_path / "agent"
+    out.mkdir()
+    for name in ("agent.json", "model.safetensors"):
+        (out / name).write_bytes((BUNDLED / "random-llama" / name).read_bytes())
+    before = (out / "model.safetensors").read_bytes()
+    args = ["train", "--model", "random-llama", "--requests", str(requests_file), "--out", str(out)]
+    assert main(args) == 2
+    assert "holds an agent (agent.json, model.safetensors); pass --overwrite" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+# 2. two writers of one output
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path, requests_file, capsys):
+    out = tmp_path / "run.trec"
+    with locked(out):
+        assert _rerank(requests_file, out) == 2
+    assert "another run is writing" in capsys.readouterr().err
+    assert not out.exists()
+    assert _rerank(requests_file, out) == 0  # the lock is gone with its holder
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# 3. output = input
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path, requests_file, capsys):
+    before = requests_file.read_text()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(requests_file)
+    for output in (requests_file, link, tmp_path / "." / "requests.jsonl"):
+        assert _rerank(requests_file, output) == 2
+        assert "is both an input and an output" in capsys.readouterr().err
+    assert requests_file.read_text() == before
+    args = ["retrieve", "--index", str(tmp_path / "i"), "--topics", str(tmp_path / "t.tsv")]
+    assert main([*args, "--output", str(tmp_path / "r"), "--requests", str(tmp_path / "r")]) == 2
+    assert "is both an output and an output" in capsys.readouterr().err
+
+
+# 4. file modes
+
+
+def test_a_rewritten_output_keeps_its_mode_and_a_new_one_follows_the_umask(tmp_path, requests_file):
+    out = tmp_path / "run.trec"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    assert _rerank(requests_file, out) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640 and out.read_text() != "old\n"
+    fresh = tmp_path / "fresh.trec"
+    umask = os.umask(0o022)
+    try:
+        assert _rerank(requests_file, fresh) == 0
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+
+
+# 6. ids with whitespace
+
+
+def test_ids_with_whitespace_are_named(tmp_path, requests_json, capsys):
+    bad = json.loads(json.dumps(requests_json[0]))
+    bad["candidates"][3]["docid"] = "doc 3"
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(bad) + "\n")
+    assert _rerank(path, tmp_path / "o") == 2
+    assert "docid 'doc 3'" in capsys.readouterr().err
+
+
+# 7. integer options
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["rerank", "--max-passage-words", "0"],
+        ["rerank", "--max-passage-words", "-5"],
+        ["rerank", "--batch-size", "0"],
+        ["rerank", "--budget", "-1"],
+        ["pipeline", "--queries", "0"],
+        ["pipeline", "--queries", "-1"],
+        ["pipeline", "--hits", "0"],
+        ["pipeline", "--rerank-top", "0"],
+        ["retrieve", "--candidates", "0"],
+        ["train", "--group", "0"],
+    ],
+)
+def test_integer_options_are_range_checked_at_parse_time(option, capsys):
+    base = {
+        "rerank": ["--requests", "r", "--output", "o"],
+        "pipeline": ["--index", "i", "--topics", "t", "--output", "o"],
+        "retrieve": ["--index", "i", "--topics", "t", "--output", "o"],
+        "train": ["--requests", "r", "--out", "o"],
+    }[option[0]]
+    with pytest.raises(SystemExit) as exit_:
+        main([option[0], *base, *option[1:]])
+    assert exit_.value.code == 2
+    assert "must be >=" in capsys.readouterr().err
+
+
+# 8. topics files
+
+
+def test_topics_split_on_the_first_tab_only(tmp_path):
+    from rsd_rerank.integrations import datasets
+
+    path = tmp_path / "t.tsv"
+    path.write_text('q1\tsays "hello\nq2\tan\ttabbed query\nq3\tlast\n')
+    assert datasets.queries(path) == {"q1": 'says "hello', "q2": "an\ttabbed query", "q3": "last"}
+    path.write_text("q1\tfine\nq2 no tab here\n")
+    with pytest.raises(ValueError, match=r"t.tsv:2: a topics line is qid<TAB>text"):
+        datasets.queries(path)
+
+
+# 9. empty queries, empty method lists
+
+
+def test_empty_query_text_warns_and_empty_methods_fail(tmp_path, requests_json, caplog, capsys):
+    from rsd_rerank.runs import read_requests
+
+    empty = json.loads(json.dumps(requests_json[0]))
+    empty["query"]["text"] = " "
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(empty) + "\n")
+    read_requests(path)
+    assert "1 requests have an empty query text" in caplog.text
+    assert main(["compare", "--requests", str(path), "--methods", ",", "--out", str(tmp_path / "c")]) == 2
+    assert "names no method" in capsys.readouterr().err
+
+
+# 10. corrupt or missing files
+
+
+def test_corrupt_files_are_one_line_naming_the_file(tmp_path, requests_file, capsys, smollm2):
+    from rsd_rerank.targets import embedded_model_dir
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in embedded_model_dir().glob("*.json"):
+        (model / f.name).write_bytes(f.read_bytes())
+    args = ["rerank", "--requests", str(requests_file), "--output", str(tmp_path / "o"), "--model", str(model)]
+    assert main(args) == 2
+    assert "cannot load the model in" in capsys.readouterr().err
+    (model / "model.safetensors").write_bytes((embedded_model_dir() / "model.safetensors").read_bytes()[:100_000])
+    assert main(args) == 2
+    assert "is corrupt (SafetensorError" in capsys.readouterr().err
+
+    template = tmp_path / "t.yaml"
+    template.write_text("method: singleturn_listwise\nsystem_message: [unclosed\n")
+    assert _rerank(requests_file, tmp_path / "o", "--template", str(template)) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+
+    from rsd_rerank.agent import BUNDLED
+
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "agent.json").write_text(json.dumps({"target": "x"}))
+    (agent / "model.safetensors").write_bytes((BUNDLED / "random-llama" / "model.safetensors").read_bytes()[:1000])
+    base = ["rerank", "--model", "random-llama", "--requests", str(requests_file), "--output", str(tmp_path / "o")]
+    assert main([*base, "--agent", str(agent)]) == 2
+    assert "is not an agent checkpoint" in capsys.readouterr().err
+    (agent / "agent.json").write_text((BUNDLED / "random-llama" / "agent.json").read_text())
+    assert main([*base, "--agent", str(agent)]) == 2
+    assert "is not an agent checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_corrupt_target_cache_entry_is_computed_again(tiny_llama, requests_json, tmp_path, caplog):
+    from dacite import from_dict
+    from rank_llm.data import Request
+
+    from rsd_rerank.prompt import PromptConfig
+    from rsd_rerank.training.cache import cached_queries
+
+    requests = [from_dict(data_class=Request, data=r) for r in requests_json]
+    # Cloned: the loaded tensors may map the files, and the test cuts one in place.
+    first = [q.target.clone() for q in cached_queries(tiny_llama, requests, PromptConfig(), 2, tmp_path)]
+    (entry, _) = sorted(tmp_path.rglob("*.safetensors"))
+    entry.write_bytes(entry.read_bytes()[:50])
+    again = cached_queries(tiny_llama, requests, PromptConfig(), 2, tmp_path)
+    assert "unreadable" in caplog.text
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b.target)
+
+
+# 11. unwritable outputs
+
+
+def test_unwritable_outputs_fail_before_any_work(tmp_path, requests_file, capsys):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (tmp_path / "dir", "is a folder; give a file path"),
+        (tmp_path / "file" / "run.trec", "is a file, not a folder"),
+    ]
+    for output, message in cases:
+        assert _rerank(requests_file, output) == 2
+        assert message in capsys.readouterr().err
+    args = ["train", "--requests", str(requests_file), "--out", str(tmp_path / "file")]
+    assert main(args) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_read_only_folder_is_refused(tmp_path, requests_file, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root may write into any folder: this check only binds other users")
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    assert _rerank(requests_file, folder / "run.trec") == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+# 12. the first run offline
+
+
+def test_offline_first_run_is_one_line_saying_how_to_get_the_model(tmp_path, monkeypatch, requests_file, capsys):
+    import subprocess
+
+    def offline(cmd, *args, **kwargs):
+        raise subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setenv("RSD_RERANK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(subprocess, "run", offline)
+    assert main(["rerank", "--requests", str(requests_file), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bash scripts/setup.sh" in err and "random-llama needs" in err
+
+
+# 13. Ctrl-C
+
+
+def test_ctrl_c_exits_130_with_outputs_whole(tmp_path, requests_file, monkeypatch, capsys):
+    import rsd_rerank.runs
+
+    out = tmp_path / "run.trec"
+    out.write_text("previous run\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(rsd_rerank.runs, "rerank_requests", interrupted)
+    assert _rerank(requests_file, out) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert out.read_text() == "previous run\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_jvm_leaves_ctrl_c_to_python_and_writes_no_crash_report_here():
+    from rsd_rerank.integrations.pyserini import jvm_options
+
+    options = jvm_options(["-Xmx4g", "--add-modules=jdk.incubator.vector"], has_vector_module=False)
+    assert options[0] == "-Xmx4g" and "--add-modules=jdk.incubator.vector" not in options
+    assert "-Xrs" in options
+    (error_file,) = [o for o in options if o.startswith("-XX:ErrorFile=")]
+    assert not error_file.removeprefix("-XX:ErrorFile=").startswith(os.getcwd())
+    assert jvm_options(options, has_vector_module=False) == options  # idempotent
+
+
+# 14. qrels not available offline
+
+
+def test_missing_qrels_are_a_clear_error(monkeypatch):
+    from rsd_rerank.integrations import datasets
+
+    class Dataset:
+        def has_qrels(self):
+            return True
+
+        def qrels_iter(self):
+            raise KeyError("beir/scifact/train qrels")
+
+    monkeypatch.setattr(datasets, "_dataset", lambda source: Dataset())
+    with pytest.raises(ValueError, match="the qrels of beir/scifact/train are not available here.*--qrels"):
+        datasets.qrels("beir/scifact/train")
