@@ -32,6 +32,7 @@ import resource
 import shutil
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -136,13 +137,20 @@ def _peak_memory(device: torch.device) -> float:
 
 
 def _agent_for(target: Target) -> str | None:
-    """The bundled agent trained on the target (None picks it); the random real-size shapes share
-    SmolLM2's tokenizer and get the hard target's agent (equivariant: any K), as a stand-in."""
-    return (
-        None
-        if target.name in ("smollm2", "random-llama") or target.name.startswith("random-llama(")
-        else "random-llama"
-    )
+    """The agent RSD runs with: the bundled one trained on the target or its tokenizer (None picks it),
+    else an untrained equivariant agent (the consensus proposer, at the same cost) saved for this run:
+    a 7B reranker has its own tokenizer, and timing needs an agent of the real size, not a trained one."""
+    from rsd_rerank.agent import Agent, AgentConfig, resolve_agent, save_agent
+    from rsd_rerank.targets import tokenizer_fingerprint
+
+    try:
+        resolve_agent(None, target, 20)
+        return None
+    except ValueError:
+        directory = Path(tempfile.mkdtemp(prefix="rsd-bench-agent-"))
+        meta = {"target": target.name, "tokenizer": tokenizer_fingerprint(target.tokenizer), "untrained": True}
+        save_agent(Agent(AgentConfig(), meta), directory)
+        return str(directory)
 
 
 def latency(target: Target, prompts: list[Prompt], budget: int, repeats: int) -> dict:

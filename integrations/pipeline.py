@@ -69,7 +69,9 @@ def _resumable(output: Path, tag: str, index, topics: dict[str, str], hits: int)
     done = {q: h for q, h in run.hits.items() if q not in found or len(h) == len(found[q])}
     short = sorted(set(run.hits) & set(found) - set(done))
     if short:
-        log.warning("%d queries of %s are incomplete and are reranked again: %s", len(short), output, ", ".join(short[:10]))
+        log.warning(
+            "%d queries of %s are incomplete and are reranked again: %s", len(short), output, ", ".join(short[:10])
+        )
     return done
 
 

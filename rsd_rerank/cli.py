@@ -484,7 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # Every output is written atomically: what is on disk is whole, and --resume continues it.
-        print(f"rsd-rerank {args.command}: interrupted; outputs on disk are complete up to the last write", file=sys.stderr)
+        print(
+            f"rsd-rerank {args.command}: interrupted; outputs on disk are complete up to the last write",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -67,7 +67,9 @@ def read_requests(path: str | os.PathLike) -> list:
     for number, r in enumerate(requests, start=1):
         for kind, value in (("qid", r.query.qid), *(("docid", c.docid) for c in r.candidates)):
             if not str(value).strip() or any(ch.isspace() for ch in str(value)):
-                raise ValueError(f"{path}: request {number} has {kind} {str(value)!r}: TREC runs need ids without whitespace")
+                raise ValueError(
+                    f"{path}: request {number} has {kind} {str(value)!r}: TREC runs need ids without whitespace"
+                )
     return requests
 
 
