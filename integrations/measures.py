@@ -27,7 +27,7 @@ def evaluate(
     if not judged:
         return {}, unjudged
     # Only the run's queries: qrels of queries not run (e.g. beyond --queries) would count as zeros.
-    values = ir_measures.calc_aggregate(
-        measures or default_measures(), [q for q in qrels if q.query_id in judged], judged
-    )
-    return {str(m): float(v) for m, v in values.items()}, unjudged
+    measures = measures or default_measures()
+    values = ir_measures.calc_aggregate(measures, [q for q in qrels if q.query_id in judged], judged)
+    # In the order asked for, whatever order the backend returns: tables get fixed columns.
+    return {str(m): float(values[m]) for m in measures}, unjudged

@@ -103,10 +103,10 @@ def distinct_paths(inputs: Sequence[str | os.PathLike | None], outputs: Sequence
             if p is None:
                 continue
             resolved = Path(p).resolve()
-            if resolved in seen and (kind == "output" or seen[resolved] == "output"):
-                raise ValueError(
-                    f"{p} is both an {seen[resolved]} and an {kind} of this command; writing it would replace it"
-                )
+            if resolved in seen and seen[resolved] == "output" and kind == "output":
+                raise ValueError(f"{p} is given for two outputs of this command; one would replace the other")
+            if resolved in seen and "output" in (kind, seen[resolved]):
+                raise ValueError(f"{p} is both an input and an output of this command; writing it would replace it")
             seen.setdefault(resolved, kind)
 
 

@@ -79,7 +79,7 @@ def test_an_output_that_is_an_input_is_refused(tmp_path, requests_file, capsys):
     assert requests_file.read_text() == before
     args = ["retrieve", "--index", str(tmp_path / "i"), "--topics", str(tmp_path / "t.tsv")]
     assert main([*args, "--output", str(tmp_path / "r"), "--requests", str(tmp_path / "r")]) == 2
-    assert "is both an output and an output" in capsys.readouterr().err
+    assert "is given for two outputs of this command" in capsys.readouterr().err
 
 
 # 4. file modes

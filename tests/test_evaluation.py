@@ -92,6 +92,7 @@ def test_evaluate_without_qrels_and_with_unjudged_queries(collection):
     assert evaluate(None, {"q1": {"d3": 1.0}}) is None
     metrics, unjudged = evaluate(qrels, {"q1": {"d3": 2.0, "d1": 1.0}, "qx": {"d1": 1.0}})
     assert unjudged == ["qx"] and metrics["RR@10"] == 1.0
+    assert list(metrics) == ["nDCG@10", "RR@10", "R@20"]  # the columns' order is the measures' order
 
 
 def test_compare_table(tiny_llama, requests_json, tmp_path):
