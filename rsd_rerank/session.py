@@ -191,7 +191,7 @@ class TargetSession:
             n = len(prompt.token_ids)
             ids = torch.tensor([prompt.token_ids], device=self.device)
             positions = torch.arange(n, device=self.device)[None]
-            logits, cache = self._forward(ids, None, torch.ones_like(ids), positions, keep=1, queries=None)
+            logits, cache = self._forward(ids, None, None, positions, keep=1, queries=None)
             for layer, (k_, v_) in enumerate(self._kv_of(cache, n)):
                 if q == 0:
                     shape = (len(prompts), k_.shape[1], self._width, k_.shape[3])
@@ -202,6 +202,7 @@ class TargetSession:
             row0.append(logits[0, -1])
         self._prompt_mask = mask  # [Q, P]
         self._lengths = torch.tensor(lengths, device=self.device)  # [Q] real prompt tokens
+        self._left_padded = len(set(lengths)) > 1
         self._prompt_kv = kv  # [Q, H, P, D] per layer
         queries = torch.arange(len(prompts), device=self.device)
         self._row0 = self._rows(torch.stack(row0), queries, first=True)  # [Q, K_max]
@@ -265,15 +266,15 @@ class TargetSession:
         self,
         input_ids: torch.Tensor,
         kv: KV | None,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         keep: torch.Tensor | int,
         queries: Sequence[int] | None,
     ) -> tuple[torch.Tensor, DynamicCache]:
         """Logits [B, len(keep), V] (float32) at positions ``keep`` of ``input_ids`` [B, n] after ``kv``.
 
-        ``attention_mask`` [B, past + n] and ``position_ids`` [B, n] are explicit (padding on both
-        sides). The only call of the model's forward; ``queries`` are the queries it serves, None
+        ``attention_mask`` [B, past + n] (None: nothing padded) and ``position_ids`` [B, n] are explicit
+        (padding on both sides). The only call of the model's forward; ``queries`` are the queries it serves, None
         for the prompts' own prefill (not counted).
         """
         start = self.clock() if queries is not None else 0.0
@@ -293,7 +294,7 @@ class TargetSession:
         except torch.OutOfMemoryError as err:
             raise RuntimeError(
                 f"out of memory on {self.device} in a forward of {input_ids.shape[0]} sequences of "
-                f"{attention_mask.shape[1]} tokens; lower --batch-size or --max-batch-tokens"
+                f"{input_ids.shape[1]} new tokens; lower --batch-size or --max-batch-tokens"
             ) from err
         logits = out.logits.float()
         if queries is not None:
@@ -359,8 +360,12 @@ class TargetSession:
             layers.append((torch.cat(parts_k), torch.cat(parts_v)))
         return layers
 
-    def _mask(self, queries: torch.Tensor, slots: int, new: torch.Tensor) -> torch.Tensor:
-        """[B, P + slots*step + n] prompt mask (left padding), ones for the cached slots, ``new`` [B, n] after."""
+    def _mask(self, queries: torch.Tensor, slots: int, new: torch.Tensor, padded: bool) -> torch.Tensor | None:
+        """[B, P + slots*step + n] prompt mask (left padding), ones for the cached slots, ``new`` [B, n] after;
+        None where nothing is padded, so that the model takes its plain causal path (faster, and exactly
+        what a single query gets)."""
+        if not padded:
+            return None
         past = torch.ones(len(queries), slots * self._step, dtype=torch.long, device=self.device)
         return torch.cat([self._prompt_mask[queries], past, new.long()], dim=1)
 
@@ -467,7 +472,7 @@ class TargetSession:
         logits, cache = self._forward(
             tokens,
             self._past(queries, start_slot),
-            self._mask(queries, start_slot, fed),
+            self._mask(queries, start_slot, fed, self._left_padded or len({self.ks[q] for q in needing}) > 1),
             positions,
             keep,
             queries=needing,
@@ -526,7 +531,7 @@ class TargetSession:
             logits, cache = self._forward(
                 tokens,
                 kv,
-                self._mask(qs[active], slot, fed),
+                self._mask(qs[active], slot, fed, self._left_padded),
                 positions,
                 keep=1,
                 queries=[queries[i] for i in active_list],
