@@ -16,7 +16,7 @@ from rsd_rerank.integrations.measures import evaluate
 from rsd_rerank.methods import DecodingConfig, rank_many
 from rsd_rerank.metrics import similarity
 from rsd_rerank.prompt import PromptConfig, check_candidates, request_prompt
-from rsd_rerank.runs import BatchConfig, batches
+from rsd_rerank.runs import BatchConfig, batched_sessions
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
 
@@ -74,8 +74,7 @@ def compare(
     prompts = [request_prompt(target.tokenizer, r, prompt, target.max_positions) for r in requests]
     records = []
     bar = tqdm(total=len(requests), desc="compare", unit="query")
-    for group in batches([len(p.token_ids) for p in prompts], batching):
-        session = TargetSession.from_prompts(target, [prompts[i] for i in group])
+    for group, session in batched_sessions(target, prompts, batching):
         records += _compare_batch(session, [requests[i] for i in group], methods, budgets, agent)
         bar.update(len(group))
     bar.close()

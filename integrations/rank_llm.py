@@ -29,8 +29,7 @@ from rsd_rerank.prompt import (
     ranking_text,
     template_path,
 )
-from rsd_rerank.runs import BatchConfig, batches
-from rsd_rerank.session import TargetSession
+from rsd_rerank.runs import BatchConfig, batched_sessions
 from rsd_rerank.targets import Target, load_target
 
 __all__ = ["RSDReranker"]
@@ -148,8 +147,7 @@ class RSDReranker(ListwiseRankLLM):
         """Decode windows (chat messages listing ``ks[i]`` candidates), batched; RankLLM's output tuples."""
         tokenized = [prompt_from_messages(self._target.tokenizer, p, k) for p, k in zip(prompts, ks, strict=True)]
         out: list[tuple[str, None, dict[str, Any]]] = []
-        for group in batches([len(t.token_ids) for t in tokenized], self._batching):
-            session = TargetSession.from_prompts(self._target, [tokenized[i] for i in group])
+        for group, session in batched_sessions(self._target, tokenized, self._batching):
             decoded = rank_many(session, self._decoding)
             for q, i in enumerate(group):
                 trace = decoded[q].trace

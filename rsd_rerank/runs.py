@@ -26,8 +26,8 @@ __all__ = [
     "read_requests",
     "read_run",
     "request_records",
+    "batched_sessions",
     "batches",
-    "rerank_request",
     "rerank_requests",
     "write_run",
 ]
@@ -131,6 +131,15 @@ def batches(lengths: Sequence[int], config: BatchConfig) -> list[list[int]]:
     return groups
 
 
+def batched_sessions(
+    target: Target, prompts: Sequence[Prompt], batching: BatchConfig
+) -> Iterator[tuple[list[int], TargetSession]]:
+    """One session per group of ``batches`` over ``prompts``, built as the caller reaches it, with the
+    indices of its prompts."""
+    for group in batches([len(p.token_ids) for p in prompts], batching):
+        yield group, TargetSession.from_prompts(target, [prompts[i] for i in group])
+
+
 def rerank_requests(
     target: Target,
     requests: Sequence,
@@ -170,11 +179,6 @@ def rerank_requests(
                 request = requests[i]
                 ranked[i] = Reranked(str(request.query.qid), [str(request.candidates[0].docid)], Trace(), 0)
         yield [ranked[i] for i in group]
-
-
-def rerank_request(target: Target, request, decoding: DecodingConfig, prompt: PromptConfig) -> Reranked:
-    """Rerank one RankLLM ``Request`` (``rerank_requests`` for one)."""
-    return next(rerank_requests(target, [request], decoding, prompt))[0]
 
 
 def rank_scores(docids: Sequence[str]) -> Hits:

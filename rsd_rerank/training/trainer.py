@@ -23,7 +23,7 @@ from rsd_rerank.files import replacing
 from rsd_rerank.metrics import similarity
 from rsd_rerank.prompt import PromptConfig, request_prompt
 from rsd_rerank.proposers import Round
-from rsd_rerank.runs import BatchConfig, batches
+from rsd_rerank.runs import BatchConfig, batched_sessions
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, tokenizer_fingerprint
 from rsd_rerank.training.cache import CachedQuery, cached_queries
@@ -135,8 +135,7 @@ def _save(out: Path, agent: Agent, reference: Agent, optimizer, progress: dict) 
 def _sessions(target: Target, requests: list, prompt: PromptConfig, batching: BatchConfig) -> list[TargetSession]:
     """Batched sessions over ``requests``, in order (``batching`` decides the groups)."""
     prompts = [request_prompt(target.tokenizer, r, prompt, target.max_positions) for r in requests]
-    groups = batches([len(p.token_ids) for p in prompts], batching)
-    return [TargetSession.from_prompts(target, [prompts[i] for i in group]) for group in groups]
+    return [session for _, session in batched_sessions(target, prompts, batching)]
 
 
 def train(
