@@ -3,6 +3,13 @@
 The prompt text is RankLLM's own: its template YAML (default ``rank_zephyr_alpha_template.yaml``,
 identifiers ``[A]``, ``[B]``, …) rendered by its single-turn listwise handler, so a prompt here is
 byte-identical to what RankLLM would send. The tokenizer's chat template turns it into ids.
+
+Identifiers follow the template: alphabetical (``[A]`` … ``[Z]``) where its output regex expects
+letters, numerical (``[1]``, ``[2]``, … ``[100]``) where it expects digits, as RankZephyr's
+``rank_zephyr_template.yaml`` does. An identifier may be several tokens (``[12]`` is ``[``, ``1``,
+``2``, ``]`` in SmolLM2's tokenizer); ``RankingLayout`` holds each item's token piece, and the
+pieces of one slot must form a prefix-free code so that a slot's distribution over items is the
+product of its tokens' probabilities.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 __all__ = [
     "DEFAULT_TEMPLATE",
     "IDENTIFIERS",
+    "NUMERIC_TEMPLATE",
     "Prompt",
     "PromptConfig",
     "RankingLayout",
@@ -33,6 +41,7 @@ __all__ = [
     "request_prompt",
     "ranking_layout",
     "ranking_text",
+    "numeric_identifiers",
     "template_path",
 ]
 
@@ -42,6 +51,13 @@ IDENTIFIERS: tuple[str, ...] = tuple(string.ascii_uppercase)
 """RankLLM's alphabetical identifier scheme (``use_alpha``): item k is shown as ``[chr(ord('A') + k)]``."""
 
 DEFAULT_TEMPLATE = "rank_zephyr_alpha_template.yaml"
+NUMERIC_TEMPLATE = "rank_zephyr_template.yaml"
+"""RankZephyr's canonical template, identifiers ``[1]`` … ``[K]``."""
+
+# The ranking strings a template may ask for (its ``output_validation_regex``); anything else (a
+# ``[rankstart]`` wrapper, ``PASSAGE3`` identifiers) is a format the session cannot teacher-force.
+_ALPHA_OUTPUT = r"^\[[A-Z]\]( > \[[A-Z]\])*$"
+_NUMERIC_OUTPUT = r"^\[\d+\]( > \[\d+\])*$"
 
 
 @dataclass(frozen=True)
@@ -58,27 +74,57 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class RankingLayout:
-    """Token layout of a ranking ``[B] > [A] > …``: one distinguishing token per slot at a fixed offset.
+    """Token layout of a ranking ``[B] > [A] > …``: each item's identifier piece, between fixed separators.
 
-    ``tokens(ranking) = head + [first_ids[r0]] + sep + [later_ids[r1]] + sep + … + [later_ids[r_{K-1}]] + tail``.
-    The identifier token of slot 0 may differ from later ones (``[A`` vs `` [A`` in tokenizers that merge).
+    ``tokens(ranking) = head + first_pieces[r0] + sep + later_pieces[r1] + sep + … + later_pieces[r_{K-1}] + tail``.
+    The piece of slot 0 may differ from later ones (``[A`` vs `` [A`` in tokenizers that merge). A
+    piece is one token for letters (the closing bracket then sits in ``sep``) and may be several for
+    numbers (``1``, ``2``, ``]`` for ``[12]``: the bracket stays in the piece, or ``[1]`` would be a
+    prefix of ``[12]``). Within a slot the pieces are a prefix-free code.
     """
 
     head: tuple[int, ...]
-    first_ids: tuple[int, ...]
+    first_pieces: tuple[tuple[int, ...], ...]
     sep: tuple[int, ...]
-    later_ids: tuple[int, ...]
+    later_pieces: tuple[tuple[int, ...], ...]
     tail: tuple[int, ...]
+    numeric: bool = False
+    """Identifiers ``[1]``, ``[2]``, … rather than ``[A]``, ``[B]``, …"""
 
     @property
     def k(self) -> int:
-        return len(self.first_ids)
+        return len(self.first_pieces)
+
+    @property
+    def single_token(self) -> bool:
+        """Every identifier is one token (the session's fixed-stride fast path applies)."""
+        return all(len(p) == 1 for p in self.first_pieces + self.later_pieces)
+
+    @property
+    def first_ids(self) -> tuple[int, ...]:
+        """Slot 0's identifier tokens, one per item (single-token layouts only)."""
+        assert self.single_token
+        return tuple(p[0] for p in self.first_pieces)
+
+    @property
+    def later_ids(self) -> tuple[int, ...]:
+        """Later slots' identifier tokens, one per item (single-token layouts only)."""
+        assert self.single_token
+        return tuple(p[0] for p in self.later_pieces)
+
+    def piece(self, slot: int, item: int) -> tuple[int, ...]:
+        """The tokens that name ``item`` at ``slot``."""
+        return (self.first_pieces if slot == 0 else self.later_pieces)[item]
+
+    def text(self, ranking: Sequence[int]) -> str:
+        """The ranking string in this layout's identifiers."""
+        return ranking_text(ranking, self.numeric)
 
     def tokens(self, ranking: Sequence[int]) -> list[int]:
         """Token ids of a full ranking (items as indices into the candidate list)."""
-        out = list(self.head) + [self.first_ids[ranking[0]]]
+        out = list(self.head) + list(self.first_pieces[ranking[0]])
         for item in ranking[1:]:
-            out += list(self.sep) + [self.later_ids[item]]
+            out += list(self.sep) + list(self.later_pieces[item])
         return out + list(self.tail)
 
 
@@ -98,78 +144,100 @@ class Prompt:
     """How many passages lost words (to ``max_passage_words`` or to the context)."""
 
 
-def ranking_text(ranking: Sequence[int]) -> str:
-    """``[B] > [A] > …`` for items given as indices; the string the LLM is asked to write."""
-    return " > ".join(f"[{IDENTIFIERS[i]}]" for i in ranking)
+def identifier(item: int, numeric: bool = False) -> str:
+    """The identifier of ``item`` (an index): ``1``, ``2``, … or ``A``, ``B``, …"""
+    return str(item + 1) if numeric else IDENTIFIERS[item]
 
 
-def _split_piece(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> tuple[list[int], list[int], list[int]]:
-    """Tokenise pieces that differ only in their identifier; return (shared prefix, one token per piece, shared suffix)."""
+def ranking_text(ranking: Sequence[int], numeric: bool = False) -> str:
+    """``[B] > [A] > …`` (or ``[2] > [1] > …``) for items given as indices; the string the LLM is asked to write."""
+    return " > ".join(f"[{identifier(i, numeric)}]" for i in ranking)
+
+
+def _prefix_free(pieces: Sequence[Sequence[int]]) -> bool:
+    tuples = sorted(tuple(p) for p in pieces)
+    return all(p and p != q[: len(p)] for p, q in zip(tuples, tuples[1:] + [()], strict=True))
+
+
+def _split_piece(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
+) -> tuple[list[int], list[tuple[int, ...]], list[int]]:
+    """Tokenise pieces that differ only in their identifier; return (shared prefix, each piece's own
+    tokens, shared suffix). The suffix is only as long as leaves the own tokens a prefix-free code."""
     encoded = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
     first = encoded[0]
+    shortest = min(len(e) for e in encoded)
     n_pre = 0
-    while n_pre < len(first) and all(len(e) > n_pre and e[n_pre] == first[n_pre] for e in encoded):
+    while n_pre < shortest and all(e[n_pre] == first[n_pre] for e in encoded):
         n_pre += 1
     n_post = 0
-    while n_post < len(first) - n_pre and all(
-        len(e) > n_post and e[len(e) - 1 - n_post] == first[len(first) - 1 - n_post] for e in encoded
+    while n_post < shortest - n_pre - 1 and all(
+        e[len(e) - 1 - n_post] == first[len(first) - 1 - n_post] for e in encoded
     ):
         n_post += 1
-    for text, e in zip(texts, encoded, strict=True):
-        if len(e) != n_pre + 1 + n_post:
-            pieces = tokenizer.convert_ids_to_tokens(e)
-            raise ValueError(
-                f"identifier piece {text!r} tokenises as {pieces}: this tokenizer does not give every "
-                "identifier exactly one distinguishing token at a fixed offset"
-            )
-    ids = [e[n_pre] for e in encoded]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"identifiers share a token in this tokenizer: {texts}")
-    return first[:n_pre], ids, first[len(first) - n_post :]
+    while n_post and not _prefix_free([e[n_pre : len(e) - n_post] for e in encoded]):
+        n_post -= 1
+    pieces = [tuple(e[n_pre : len(e) - n_post]) for e in encoded]
+    if not _prefix_free(pieces):
+        shown = {text: tokenizer.convert_ids_to_tokens(e) for text, e in zip(texts, encoded, strict=True)}
+        raise ValueError(
+            f"identifier pieces {shown} do not tokenise as a prefix-free code after a shared prefix: "
+            "the LLM's choice of identifier cannot be read token by token"
+        )
+    return first[:n_pre], pieces, first[len(first) - n_post :]
 
 
-def ranking_layout(tokenizer: PreTrainedTokenizerBase, k: int) -> RankingLayout:
+def ranking_layout(tokenizer: PreTrainedTokenizerBase, k: int, numeric: bool = False) -> RankingLayout:
     """Find and check the token layout of rankings over ``k`` items for this tokenizer.
 
     Raises:
-        ValueError: the tokenizer cannot give one distinguishing token per slot, or the layout does
+        ValueError: the identifiers are not a prefix-free code in this tokenizer, or the layout does
             not reproduce the tokenizer's own encoding of a full ranking string.
     """
-    if not 1 <= k <= len(IDENTIFIERS):
-        raise ValueError(f"the identifier scheme has {len(IDENTIFIERS)} identifiers; got {k} candidates")
-    # At least two pieces: with one, the shared prefix and suffix would swallow the identifier.
-    ids = IDENTIFIERS[: max(k, 2)]
-    head, first_ids, post_first = _split_piece(tokenizer, [f"[{c}]" for c in ids])
-    pre_later, later_ids, post_later = _split_piece(tokenizer, [f" > [{c}]" for c in ids])
-    first_ids, later_ids = first_ids[:k], later_ids[:k]
+    limit = max_identifiers(numeric)
+    if k < 1 or (limit is not None and k > limit):
+        raise ValueError(f"the identifier scheme has {limit} identifiers; got {k} candidates")
+    # At least two pieces: with one, the shared prefix and suffix would swallow the identifier. Numbers
+    # take at least ten, so that "[1]" meets "[10]" and every K gets the same separator (one session
+    # may batch windows of 5 and of 20).
+    ids = [identifier(i, numeric) for i in range(max(k, 10 if numeric else 2))]
+    head, first_pieces, post_first = _split_piece(tokenizer, [f"[{c}]" for c in ids])
+    pre_later, later_pieces, post_later = _split_piece(tokenizer, [f" > [{c}]" for c in ids])
     if post_first != post_later:
         raise ValueError("the closing bracket tokenises differently after the first identifier and after later ones")
     layout = RankingLayout(
         head=tuple(head),
-        first_ids=tuple(first_ids),
+        first_pieces=tuple(first_pieces[:k]),
         sep=tuple(post_first + pre_later),
-        later_ids=tuple(later_ids),
+        later_pieces=tuple(later_pieces[:k]),
         tail=tuple(post_later),
+        numeric=numeric,
     )
     # The forced separators must be what the tokenizer itself produces for the whole string, or the
     # constrained greedy ranking would be scored on token sequences the LLM never writes.
     for ranking in (list(range(k)), list(reversed(range(k)))):
-        expected = tokenizer.encode(ranking_text(ranking), add_special_tokens=False)
+        expected = tokenizer.encode(layout.text(ranking), add_special_tokens=False)
         if layout.tokens(ranking) != expected:
             raise ValueError(
-                f"ranking {ranking_text(ranking)!r} tokenises as {tokenizer.convert_ids_to_tokens(expected)}, "
+                f"ranking {layout.text(ranking)!r} tokenises as {tokenizer.convert_ids_to_tokens(expected)}, "
                 "not as separate identifier pieces; this tokenizer merges across identifiers"
             )
     return layout
 
 
-def check_candidates(docids: Sequence[Any], one_prompt: bool = True) -> None:
+def max_identifiers(numeric: bool) -> int | None:
+    """How many candidates one prompt can name: 26 letters, or any number (None) of numbers."""
+    return None if numeric else len(IDENTIFIERS)
+
+
+def check_candidates(docids: Sequence[Any], one_prompt: bool = True, numeric: bool = False) -> None:
     """Reject candidate lists that no listwise prompt can rank.
 
     Args:
         docids: the candidates' ids, in order.
         one_prompt: the list goes into one prompt, so it may not outnumber the identifiers
             (False where sliding windows split it).
+        numeric: the identifiers are numbers (no limit on their count).
 
     Raises:
         ValueError: no candidates, a repeated docid, or (``one_prompt``) more candidates than identifiers.
@@ -181,7 +249,7 @@ def check_candidates(docids: Sequence[Any], one_prompt: bool = True) -> None:
         if str(docid) in seen:
             raise ValueError(f"duplicate docid {docid!r} in the candidate list")
         seen.add(str(docid))
-    if one_prompt and len(docids) > len(IDENTIFIERS):
+    if one_prompt and not numeric and len(docids) > len(IDENTIFIERS):
         raise ValueError(
             f"{len(docids)} candidates but the identifier scheme has {len(IDENTIFIERS)} ([A]..[Z]); "
             "rank at most 26 at once (RankLLM's sliding windows rank longer lists window by window)"
@@ -207,7 +275,24 @@ def _load_template(name_or_path: str) -> dict[str, str]:
         raise ValueError(f"prompt template {path} is not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(template, dict) or template.get("method") != "singleturn_listwise":
         raise ValueError(f"prompt template {path} is not a RankLLM 'singleturn_listwise' template")
+    output = str(template.get("output_validation_regex", "")).strip()
+    output = output[2:-1] if output[:2] in ('r"', "r'") else output  # RankLLM keeps the r"…" in the YAML string
+    if output not in (_ALPHA_OUTPUT, _NUMERIC_OUTPUT):
+        raise ValueError(
+            f"prompt template {path} asks for rankings matching {output or 'nothing'!r}; the session can "
+            f"teacher-force only '[B] > [A] > …' ({_ALPHA_OUTPUT}) or '[2] > [1] > …' ({_NUMERIC_OUTPUT})"
+        )
+    template["_numeric"] = output == _NUMERIC_OUTPUT
     return template
+
+
+def numeric_identifiers(template: str | Path) -> bool:
+    """Whether ``template`` (a RankLLM template name or path) numbers its passages ``[1]``, ``[2]``, …
+
+    Raises:
+        ValueError: not a template, or one whose output format is not a plain ``[x] > [y]`` ranking.
+    """
+    return _load_template(str(template))["_numeric"]
 
 
 @contextlib.contextmanager
@@ -220,8 +305,10 @@ def _quiet():
 def _handler(template_name: str):
     from rank_llm.rerank.listwise.singleturn_listwise_inference_handler import SingleTurnListwiseInferenceHandler
 
+    template = _load_template(template_name)
+    numeric = template.pop("_numeric")
     with _quiet():
-        return SingleTurnListwiseInferenceHandler(_load_template(template_name))
+        return SingleTurnListwiseInferenceHandler(template), numeric
 
 
 def _as_doc(doc: Mapping[str, Any] | str) -> Mapping[str, Any]:
@@ -247,9 +334,11 @@ def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]])
     return list(encoded["input_ids"] if isinstance(encoded, Mapping) else encoded)
 
 
-def prompt_from_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], k: int) -> Prompt:
+def prompt_from_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], k: int, numeric: bool = False
+) -> Prompt:
     """Tokenise ready chat messages (e.g. from RankLLM's ``create_prompt``) that list ``k`` candidates."""
-    return _tokenised(tokenizer, messages, ranking_layout(tokenizer, k))
+    return _tokenised(tokenizer, messages, ranking_layout(tokenizer, k, numeric))
 
 
 def _tokenised(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], layout: RankingLayout) -> Prompt:
@@ -277,9 +366,9 @@ def build_prompt(
     from rank_llm.data import Candidate, Query, Result
 
     k = len(docs)
-    layout = ranking_layout(tokenizer, k)
+    handler, numeric = _handler(config.template)
+    layout = ranking_layout(tokenizer, k, numeric)
     docs = [_as_doc(d) for d in docs]
-    handler = _handler(config.template)
     limit = config.context_size if max_tokens is None else min(config.context_size, max_tokens)
     n_ranking = len(layout.tokens(range(k)))
     result = Result(
@@ -289,7 +378,7 @@ def build_prompt(
     full_words = [_content_words(handler, d) for d in docs]
     words = config.max_passage_words
     while True:
-        messages = handler.generate_prompt(result, rank_start=0, rank_end=k, max_length=words, use_alpha=True)
+        messages = handler.generate_prompt(result, rank_start=0, rank_end=k, max_length=words, use_alpha=not numeric)
         prompt = _tokenised(tokenizer, messages, layout)
         ids = prompt.token_ids
         overflow = len(ids) + n_ranking - limit

@@ -32,15 +32,16 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, ranking_text, request_prompt
+from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, request_prompt
 from rsd_rerank.targets import Target
+from rsd_rerank.tree import Block, Read, Trie
 
 __all__ = ["Generation", "TargetSession", "Verification", "accepted_length", "greedy_choices"]
 
@@ -95,6 +96,12 @@ def _cache_kwarg(model_class: type) -> str:
 
 def _out_cache(out) -> DynamicCache:
     return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def _copied_row(kv: KV, offset: int, row: int) -> KV:
+    """Sequence ``offset + row`` of a batch's KV, copied so that the whole batch's cache can be freed."""
+    i = offset + row
+    return [(k_[i : i + 1].clone(), v_[i : i + 1].clone()) for k_, v_ in kv]
 
 
 class TargetSession:
@@ -158,12 +165,20 @@ class TargetSession:
                 "prompts batched in one session must share the ranking separator (same tokenizer and template)"
             )
         self._step = step.pop()  # tokens per slot after the prompt: identifier + separator
-        self._sep = torch.tensor(seps.pop(), dtype=torch.long, device=self.device)
+        self._sep_tokens = seps.pop()
+        self._sep = torch.tensor(self._sep_tokens, dtype=torch.long, device=self.device)
         k_max = max(self.ks)
-        # Identifier ids per query, padded to the largest K (padded columns are masked to -inf).
         self._k = torch.tensor(self.ks, device=self.device)
-        self._first_ids = self._padded_ids([layout.first_ids for layout in layouts], k_max)
-        self._later_ids = self._padded_ids([layout.later_ids for layout in layouts], k_max)
+        # Multi-token identifiers take the tree-masked path (``_tree_*``); single tokens the fixed-stride one.
+        self._tree = not all(layout.single_token for layout in layouts)
+        if self._tree:
+            self._tries = [
+                (Trie.of(lo.first_pieces, self.device), Trie.of(lo.later_pieces, self.device)) for lo in layouts
+            ]
+        else:
+            # Identifier ids per query, padded to the largest K (padded columns are masked to -inf).
+            self._first_ids = self._padded_ids([layout.first_ids for layout in layouts], k_max)
+            self._later_ids = self._padded_ids([layout.later_ids for layout in layouts], k_max)
         tokenizer = target.tokenizer
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
@@ -200,16 +215,19 @@ class TargetSession:
                 kv[layer][1][q, :, self._width - n :] = v_[0]
             mask[q, self._width - n :] = 1
             row0.append(logits[0, -1])
+        self.prompt_lengths = lengths
+        """Tokens of each prompt."""
         self._prompt_mask = mask  # [Q, P]
         self._lengths = torch.tensor(lengths, device=self.device)  # [Q] real prompt tokens
         self._left_padded = len(set(lengths)) > 1
         self._prompt_kv = kv  # [Q, H, P, D] per layer
         queries = torch.arange(len(prompts), device=self.device)
-        self._row0 = self._rows(torch.stack(row0), queries, first=True)  # [Q, K_max]
+        if self._tree:
+            self._row0 = self._tree_row0(row0)
+        else:
+            self._row0 = self._rows(torch.stack(row0), queries, first=True)  # [Q, K_max]
         self.prefill_seconds = self.clock() - start
         """Seconds of the prompts' prefill (for Q > 1: the whole batch's)."""
-        self.prompt_lengths = lengths
-        """Tokens of each prompt."""
         self._greedy: dict[int, list[int]] = {}
         self.forget()
 
@@ -413,9 +431,10 @@ class TargetSession:
         # Slot K-1's row only needs the separator after slot K-2; identifier K-1 is never fed.
         needing = [q for q in rs if min(shared[q]) < self.ks[q] - 1]
         new_rows: dict[int, torch.Tensor] = {}
-        new_kv: dict[int, KV] = {}
+        new_kv: dict[int, Callable[[int], KV]] = {}
         if needing:
-            new_rows, new_kv = self._verification_pass(rs, shared, needing)
+            verification_pass = self._tree_verification_pass if self._tree else self._verification_pass
+            new_rows, new_kv = verification_pass(rs, shared, needing)
         out = {}
         for q, r in rs.items():
             k = self.ks[q]
@@ -433,10 +452,7 @@ class TargetSession:
             accepted = accepted_length(r, greedy)
             best = int(accepted.argmax())
             if q in new_kv:
-                # A copy, so that the whole batch's cache can be freed.
-                self._cached_kv[q] = [
-                    (k_[best : best + 1].clone(), v_[best : best + 1].clone()) for k_, v_ in new_kv[q]
-                ]
+                self._cached_kv[q] = new_kv[q](best)
                 self._cached_items[q] = tuple(r[best, : k - 1].tolist())
                 self._cached_rows[q] = matrices[best]
             out[q] = Verification(rankings=r, matrices=matrices, greedy=greedy, accepted=accepted)
@@ -444,7 +460,7 @@ class TargetSession:
 
     def _verification_pass(
         self, rs: dict[int, torch.Tensor], shared: dict[int, list[int]], needing: list[int]
-    ) -> tuple[dict[int, torch.Tensor], dict[int, KV]]:
+    ) -> tuple[dict[int, torch.Tensor], dict[int, Callable[[int], KV]]]:
         """One forward for every ranking of the ``needing`` queries, all fed from the smallest shared prefix."""
         start_slot = min(min(shared[q]) for q in needing)
         queries = torch.cat([torch.full((rs[q].shape[0],), q, device=self.device) for q in needing])
@@ -487,7 +503,7 @@ class TargetSession:
             fresh = rows[at : at + b, : k - 1 - start_slot, :k]
             new_rows[q] = torch.cat([held.expand(b, -1, -1), fresh], dim=1)
             length = self._width + (k - 1) * self._step
-            new_kv[q] = [(k_[at : at + b, :, :length], v_[at : at + b, :, :length]) for k_, v_ in kv]  # views
+            new_kv[q] = functools.partial(_copied_row, [(k_[:, :, :length], v_[:, :, :length]) for k_, v_ in kv], at)
             at += b
         return new_rows, new_kv
 
@@ -498,6 +514,8 @@ class TargetSession:
         item among those not yet placed. A query leaves the batch once its K-1 slots are decoded.
         Returns the rankings [A, K_max] and their rows [A, K_max, K_max] (padded past each K).
         """
+        if self._tree:
+            return self._tree_stepwise(queries, forced)
         qs = torch.tensor(queries, device=self.device)
         ks = [self.ks[q] for q in queries]
         k_max = max(ks)
@@ -544,6 +562,150 @@ class TargetSession:
                 chosen[i, k - 1] = (~placed[i, :k]).float().argmax()
             else:
                 chosen[i, k - 1] = forced[i, k - 1]
+        return chosen, rows
+
+    # -- multi-token identifiers: tree-masked passes -------------------------------------------------
+    # KV here is kept per query without padding ([1, H, L, D], prompt + ranking tokens), because chunks
+    # differ in length between items; a pass left-pads the pasts and masks everything explicitly.
+
+    def _prompt_past(self, q: int) -> KV:
+        """[1, H, n_q, D] per layer: query ``q``'s prompt KV without its left padding (views)."""
+        start = self._width - self.prompt_lengths[q]
+        return [(k_[q : q + 1, :, start:], v_[q : q + 1, :, start:]) for k_, v_ in self._prompt_kv]
+
+    def _chunk(self, q: int, slot: int, item: int) -> list[int]:
+        """Tokens of ``item`` at ``slot`` of query ``q``'s ranking, with the separator after it."""
+        return list(self.prompts[q].layout.piece(slot, item)) + list(self._sep_tokens)
+
+    def _tree_offset(self, q: int, items: Sequence[int], slots: int) -> int:
+        """Tokens after the prompt taken by the first ``slots`` chunks of ``items``."""
+        return sum(len(self._chunk(q, j, items[j])) for j in range(slots))
+
+    def _tree_pass(
+        self,
+        pasts: list[KV],
+        paths: list[list[int]],
+        reads: list[list[Read]],
+        queries: list[int] | None,
+        root_logits: Sequence[torch.Tensor] | None = None,
+    ) -> tuple[list[list[torch.Tensor]], Callable[[int], KV]]:
+        """One forward of B sequences, each its past KV, its own tokens ``paths[b]`` and its reads' branch tokens.
+
+        Returns each sequence's rows (one [K_q] log-distribution per read) and a function from a
+        sequence to the KV of its past and its own tokens (a copy). ``root_logits[b]``: the logits of
+        the last past token, for reads at root -1 (``queries`` None: the prompts' own, not counted).
+        """
+        lengths = [past[0][0].shape[2] for past in pasts]
+        block = Block.of(paths, reads, lengths, self._pad_id, self.device)
+        lmax = block.past_width
+        layers = []
+        for layer in range(len(pasts[0])):
+            k_, v_ = pasts[0][layer]
+            if len(set(lengths)) == 1:
+                layers.append((torch.cat([p[layer][0] for p in pasts]), torch.cat([p[layer][1] for p in pasts])))
+                continue
+            shape = (len(pasts), k_.shape[1], lmax, k_.shape[3])
+            keys, values = k_.new_zeros(shape), v_.new_zeros(shape)
+            for b, (past, n) in enumerate(zip(pasts, lengths, strict=True)):
+                keys[b, :, lmax - n :] = past[layer][0][0]
+                values[b, :, lmax - n :] = past[layer][1][0]
+            layers.append((keys, values))
+        mask = block.additive_mask(self.target.model.dtype)
+        logits, cache = self._forward(block.input_ids, layers, mask, block.positions, keep=0, queries=queries)
+        kv = self._kv_of(cache, lmax + block.input_ids.shape[1])
+        rows = []
+        for b, (own_reads, starts) in enumerate(zip(reads, block.branch_start, strict=True)):
+            rows.append(
+                [
+                    read.trie.item_log_probs(
+                        root_logits[b] if read.root < 0 else logits[b, read.root],
+                        logits[b, start : start + read.trie.inner_nodes],
+                    )
+                    for read, start in zip(own_reads, starts, strict=True)
+                ]
+            )
+
+        def kept(b: int) -> KV:
+            end = lmax + len(paths[b])
+            return [
+                (
+                    torch.cat([p_k, k_[b : b + 1, :, lmax:end]], dim=2),
+                    torch.cat([p_v, v_[b : b + 1, :, lmax:end]], dim=2),
+                )
+                for (p_k, p_v), (k_, v_) in zip(pasts[b], kv, strict=True)
+            ]
+
+        return rows, kept
+
+    def _tree_row0(self, prompt_logits: list[torch.Tensor]) -> torch.Tensor:
+        """[Q, K_max] first-slot rows: every item's whole piece scored after each prompt (one forward, uncounted)."""
+        queries = range(len(self.prompts))
+        reads = [[Read(-1, self._tries[q][0])] for q in queries]
+        rows, _ = self._tree_pass(
+            [self._prompt_past(q) for q in queries], [[] for _ in queries], reads, None, prompt_logits
+        )
+        out = torch.full((len(self.prompts), max(self.ks)), float("-inf"), device=self.device)
+        for q in queries:
+            out[q, : self.ks[q]] = rows[q][0]
+        return out
+
+    def _tree_verification_pass(
+        self, rs: dict[int, torch.Tensor], shared: dict[int, list[int]], needing: list[int]
+    ) -> tuple[dict[int, torch.Tensor], dict[int, Callable[[int], KV]]]:
+        """``_verification_pass`` for multi-token identifiers: each query fed from its own smallest shared prefix."""
+        pasts, paths, reads = [], [], []
+        for q in needing:
+            k, start = self.ks[q], min(shared[q])
+            length = self.prompt_lengths[q] + self._tree_offset(q, self._cached_items[q], start)
+            base = self._cached_kv[q] or self._prompt_past(q)
+            past = [(k_[:, :, :length], v_[:, :, :length]) for k_, v_ in base]
+            for ranking in rs[q].tolist():
+                path: list[int] = []
+                own: list[Read] = []
+                for slot in range(start, k - 1):
+                    path += self._chunk(q, slot, ranking[slot])
+                    own.append(Read(len(path) - 1, self._tries[q][1]))
+                pasts.append(past)
+                paths.append(path)
+                reads.append(own)
+        rows, kept = self._tree_pass(pasts, paths, reads, needing)
+        new_rows, new_kv, at = {}, {}, 0
+        for q in needing:
+            b, start = rs[q].shape[0], min(shared[q])
+            held = self._cached_rows[q][: start + 1]  # rows of slots 0..start: unchanged by the pass
+            fresh = torch.stack([torch.stack(rows[at + i]) for i in range(b)])  # [B, K-1-start, K]
+            new_rows[q] = torch.cat([held.expand(b, -1, -1), fresh], dim=1)
+            new_kv[q] = functools.partial(lambda offset, best: kept(offset + best), at)
+            at += b
+        return new_rows, new_kv
+
+    def _tree_stepwise(self, queries: list[int], forced: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_stepwise`` for multi-token identifiers: each step feeds the chosen chunk and the next slot's branches."""
+        ks = [self.ks[q] for q in queries]
+        k_max = max(ks)
+        qs = torch.tensor(queries, device=self.device)
+        placed = torch.arange(k_max, device=self.device)[None, :] >= self._k[qs][:, None]
+        chosen = torch.zeros(len(queries), k_max, dtype=torch.long, device=self.device)
+        rows = torch.full((len(queries), k_max, k_max), float("-inf"), device=self.device)
+        rows[:, 0] = self._row0[qs, :k_max]
+        pasts = [self._prompt_past(q) for q in queries]
+        for slot in range(k_max - 1):
+            active = [i for i, k in enumerate(ks) if k - 1 > slot]
+            at = torch.tensor(active, device=self.device)
+            if forced is None:
+                items = rows[at, slot].masked_fill(placed[at], float("-inf")).argmax(dim=-1)
+            else:
+                items = forced[at, slot]
+            chosen[at, slot] = items
+            placed[at, items] = True
+            paths = [self._chunk(queries[i], slot, item) for i, item in zip(active, items.tolist(), strict=True)]
+            reads = [[Read(len(path) - 1, self._tries[queries[i]][1])] for i, path in zip(active, paths, strict=True)]
+            out, kept = self._tree_pass([pasts[i] for i in active], paths, reads, [queries[i] for i in active])
+            for j, i in enumerate(active):
+                rows[i, slot + 1, : ks[i]] = out[j][0]
+                pasts[i] = kept(j)
+        for i, k in enumerate(ks):
+            chosen[i, k - 1] = (~placed[i, :k]).float().argmax() if forced is None else forced[i, k - 1]
         return chosen, rows
 
     def stepwise_rows(self, ranking: Sequence[int] | None = None, query: int = 0) -> tuple[list[int], torch.Tensor]:
@@ -595,8 +757,10 @@ class TargetSession:
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
         if max_new_tokens is None:
-            longest = max(self.ks[q] for q in queries)
-            max_new_tokens = len(tokenizer.encode(ranking_text(range(longest)), add_special_tokens=False)) + 8
+            max_new_tokens = 8 + max(
+                len(tokenizer.encode(self.prompts[q].layout.text(range(self.ks[q])), add_special_tokens=False))
+                for q in queries
+            )
         start = self.clock()
         try:
             out = self.target.model.generate(

@@ -36,10 +36,19 @@ class _SplitsQ:
         return [str(i) for i in ids]
 
 
-def test_layout_error_names_the_identifier_a_tokenizer_splits():
-    assert ranking_layout(_SplitsQ(), 16).k == 16  # A..P are single characters
-    with pytest.raises(ValueError, match=r"'\[Q\]'.*one distinguishing token"):
-        ranking_layout(_SplitsQ(), 17)
+class _QIsP(_SplitsQ):
+    """'Q' and 'P' tokenise alike: two identifiers the LLM cannot tell apart."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord("P") if ch == "Q" else ord(ch) for ch in text]
+
+
+def test_layout_takes_multi_token_identifiers_and_names_ambiguous_ones():
+    assert ranking_layout(_SplitsQ(), 16).single_token  # A..P are single characters
+    layout = ranking_layout(_SplitsQ(), 17)
+    assert not layout.single_token and layout.later_pieces[16] == (900, 901)
+    with pytest.raises(ValueError, match=r"'\[Q\]'.*prefix-free"):
+        ranking_layout(_QIsP(), 17)
 
 
 @pytest.mark.parametrize(
