@@ -15,7 +15,7 @@ from tqdm import tqdm
 from rsd_rerank.integrations.measures import evaluate
 from rsd_rerank.methods import DecodingConfig, rank_many
 from rsd_rerank.metrics import similarity
-from rsd_rerank.prompt import PromptConfig, check_candidates, request_prompt
+from rsd_rerank.prompt import PromptConfig, check_candidates, numeric_identifiers, request_prompt
 from rsd_rerank.runs import BatchConfig, batched_sessions
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
@@ -28,26 +28,27 @@ COMPARE_METHODS = ("generate", "first", "std", "gsd", "consensus", "rsd", "greed
 which is the decoder's zero-pass path); the rest as in ``rsd_rerank.methods.METHODS``."""
 
 
-def parse_generation(text: str, k: int) -> tuple[list[int], bool]:
-    """The ranking RankLLM reads from generated ``text`` over ``k`` items, and whether RankLLM had to
-    repair it (missing, unknown or repeated identifiers)."""
+def parse_generation(text: str, k: int, numeric: bool = False) -> tuple[list[int], bool]:
+    """The ranking RankLLM reads from generated ``text`` over ``k`` items (identifiers numbers or
+    letters), and whether RankLLM had to repair it (missing, unknown or repeated identifiers)."""
     from rank_llm.data import Candidate, Query, Result
     from rank_llm.rerank.listwise.listwise_rankllm import ALPH_START_IDX, clean_ranking_response
 
-    parsed = [int(x) - 1 for x in clean_ranking_response(text, use_alpha=True, alph_start_idx=ALPH_START_IDX).split()]
+    cleaned = clean_ranking_response(text, use_alpha=not numeric, alph_start_idx=ALPH_START_IDX)
+    parsed = [int(x) - 1 for x in cleaned.split()]
     needed_repair = sorted(set(parsed)) != list(range(k)) or len(parsed) != k
     # RankLLM's own repair: the reranker object is only a carrier of its receive_permutation.
     result = Result(Query("", ""), [Candidate(docid=str(i), score=float(k - i), doc={}) for i in range(k)])
-    repaired = _permutation_receiver().receive_permutation(result, text, 0, k)
+    repaired = _permutation_receiver(numeric).receive_permutation(result, text, 0, k)
     return [int(c.docid) for c in repaired.candidates], needed_repair
 
 
-def _permutation_receiver():
+def _permutation_receiver(numeric: bool):
     from rsd_rerank.integrations.rank_llm import RSDReranker
 
     # receive_permutation reads only `_use_alpha`; no model is needed to parse a string.
     receiver = object.__new__(RSDReranker)
-    receiver._use_alpha = True
+    receiver._use_alpha = not numeric
     return receiver
 
 
@@ -69,8 +70,9 @@ def compare(
     unknown = [m for m in methods if m not in COMPARE_METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(COMPARE_METHODS)}")
+    numeric = numeric_identifiers(prompt.template)
     for request in requests:
-        check_candidates([str(c.docid) for c in request.candidates])
+        check_candidates([str(c.docid) for c in request.candidates], numeric=numeric)
     prompts = [request_prompt(target.tokenizer, r, prompt, target.max_positions) for r in requests]
     records = []
     bar = tqdm(total=len(requests), desc="compare", unit="query")
@@ -115,7 +117,7 @@ def _compare_batch(session: TargetSession, requests: list, methods, budgets, age
                 add(q, method, None, d.ranking, d.trace.passes, d.trace.decode_seconds)
         elif method == "generate":
             for q, generation in session.generate_many().items():
-                order, repaired = parse_generation(generation.text, session.ks[q])
+                order, repaired = parse_generation(generation.text, session.ks[q], session.prompts[q].layout.numeric)
                 seconds = generation.seconds
                 add(
                     q, method, None, order, None, seconds - session.prefill_seconds, e2e=seconds, parse_failure=repaired
@@ -130,8 +132,9 @@ def _compare_batch(session: TargetSession, requests: list, methods, budgets, age
     return [record for query in records for record in query]
 
 
-def summarise(records: list[dict], qrels: list | None) -> list[dict]:
-    """Rows per (method, T): nDCG@10, KT/SR/FD/KD to the greedy target, passes, seconds (median, p90)."""
+def summarise(records: list[dict], qrels: list | None, measures: Sequence | None = None) -> list[dict]:
+    """Rows per (method, T): ``measures`` (ir_measures, default nDCG@10, RR@10, R@20) under ``retrieval``,
+    KT/SR/FD/KD to the greedy target, passes, seconds (median, p90)."""
     rows = []
     keys = list(dict.fromkeys((r["method"], r["T"]) for r in records))
     for method, t in keys:
@@ -140,9 +143,11 @@ def summarise(records: list[dict], qrels: list | None) -> list[dict]:
         target = np.array([r["target"] for r in group])
         row = {"method": method, "T": t, "queries": len(group)}
         evaluated = evaluate(
-            qrels, {r["qid"]: {d: float(len(r["ranking"]) - i) for i, d in enumerate(r["ranking"])} for r in group}
+            qrels,
+            {r["qid"]: {d: float(len(r["ranking"]) - i) for i, d in enumerate(r["ranking"])} for r in group},
+            list(measures) if measures else None,
         )
-        row["nDCG@10"] = evaluated[0].get("nDCG@10") if evaluated else None
+        row["retrieval"] = evaluated[0] if evaluated else {}
         row.update(similarity(pred, target))
         passes = [r["passes"] for r in group if r["passes"] is not None]
         row["passes"] = float(np.mean(passes)) if passes else None

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["corpus", "qrels", "queries"]
+__all__ = ["corpus", "doc_contents", "qrels", "queries"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,17 @@ def corpus(source: str | os.PathLike) -> Iterator[tuple[str, str, str]]:
         return
     for doc in _dataset(str(source)).docs_iter():
         yield doc.doc_id, getattr(doc, "title", ""), doc.text
+
+
+def doc_contents(source: str | os.PathLike, docids: set[str]) -> dict[str, str]:
+    """``{docid: contents}`` for the ``docids`` found in an ir_datasets corpus or a JSONL corpus file;
+    contents = title + " " + text, as ``rsd-rerank index`` stores them (missing docids are left out)."""
+    path = Path(source)
+    if path.is_file():
+        return {d: f"{title} {text}".strip() for d, title, text in corpus(path) if d in docids}
+    store = _dataset(str(source)).docs_store()
+    found = store.get_many(docids)
+    return {d: f"{getattr(doc, 'title', '')} {doc.text}".strip() for d, doc in found.items()}
 
 
 def queries(source: str | os.PathLike) -> dict[str, str]:

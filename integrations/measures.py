@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["default_measures", "evaluate"]
+__all__ = ["default_measures", "evaluate", "parse_measures"]
 
 
 def default_measures() -> list:
@@ -10,6 +10,28 @@ def default_measures() -> list:
     import ir_measures
 
     return [ir_measures.nDCG @ 10, ir_measures.RR @ 10, ir_measures.R @ 20]
+
+
+def parse_measures(text: str) -> list:
+    """ir_measures measures from their names, separated by spaces or commas (``"nDCG@10 RR@10 R@100"``).
+
+    Raises:
+        ValueError: a name ir_measures does not know (it is named).
+    """
+    import ir_measures
+
+    names = [n for n in text.replace(",", " ").split() if n]
+    if not names:
+        raise ValueError(f"--measures {text!r} names no measure")
+    measures = []
+    for name in names:
+        try:
+            measures.append(ir_measures.parse_measure(name))
+        except (ValueError, NameError, SyntaxError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(
+                f"--measures: {name!r} is not an ir_measures measure (e.g. nDCG@10, RR@10, R@100, AP)"
+            ) from err
+    return measures
 
 
 def evaluate(

@@ -1,25 +1,31 @@
 """BM25 → rerank the top k → TREC run → ir-measures next to BM25: the work behind ``rsd-rerank pipeline``.
 
-The run is rewritten atomically after every query, so ``resume`` continues an interrupted run;
-beyond one window (20 candidates) RankLLM's sliding windows rank the list through ``RSDReranker``.
+The run is rewritten atomically after every batch of queries, so ``resume`` continues an interrupted
+run; beyond one window (20 candidates) RankLLM's sliding windows rank the list through
+``RSDReranker``. ``rerank_into_run`` is shared with ``rsd-rerank rerank`` (request files and any
+retriever's run files).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from rsd_rerank.integrations.measures import evaluate
+from rsd_rerank.integrations.rank_llm import Reranked, rerank_windowed
 from rsd_rerank.methods import DecodingConfig
 from rsd_rerank.prompt import PromptConfig
-from rsd_rerank.runs import BatchConfig, rank_scores, read_run, rerank_requests, write_run
+from rsd_rerank.runs import BatchConfig, Hits, WindowConfig, rank_scores, read_run, write_run
 from rsd_rerank.targets import Target
 
-__all__ = ["PipelineResult", "candidate_requests", "pipeline"]
+__all__ = ["PipelineResult", "candidate_requests", "kept_in_place", "pipeline", "rerank_into_run", "resumable"]
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +54,143 @@ class PipelineResult:
     unjudged: list[str]
 
 
-def _resumable(output: Path, tag: str, index, topics: dict[str, str], hits: int) -> dict:
+def resumable(output: Path, tag: str, expected: dict[str, int]) -> dict[str, Hits]:
     """The queries of an existing run that ``--resume`` may keep: checked before any work starts.
+
+    A query is kept when it has ``expected[qid]`` hits (a killed write never leaves half a query, but
+    a run cut by hand or by another tool may: the others are reranked again); queries outside
+    ``expected`` are kept as they are, since rewriting the run must not lose them.
 
     Raises:
         ValueError: a malformed line (named by ``read_run``), or a run of another method or budget.
     """
-    from rsd_rerank.integrations.pyserini import bm25
-
     run = read_run(output)
     if run.tags and run.tags != {tag}:
         raise ValueError(
             f"{output} is a run of {', '.join(sorted(run.tags))}, not {tag}: --resume continues the same "
             "method and budget; choose another --output"
         )
-    # A query is done when it has every hit BM25 gives it (a killed write never leaves half a query,
-    # but a run cut by hand or by another tool may): the others are reranked again.
-    found = bm25(index, {q: topics[q] for q in run.hits if q in topics}, hits) if run.hits else {}
-    # Queries outside these topics are kept as they are: rewriting the run must not lose them.
-    done = {q: h for q, h in run.hits.items() if q not in found or len(h) == len(found[q])}
-    short = sorted(set(run.hits) & set(found) - set(done))
+    done = {q: h for q, h in run.hits.items() if q not in expected or len(h) == expected[q]}
+    short = sorted(set(run.hits) - set(done))
     if short:
         log.warning(
             "%d queries of %s are incomplete and are reranked again: %s", len(short), output, ", ".join(short[:10])
         )
     return done
+
+
+@dataclass(frozen=True)
+class RunRequests:
+    """Requests made from a run file: what to rerank, and what stays where it is."""
+
+    requests: list
+    """One RankLLM ``Request`` per query with a topic: its top hits that have text."""
+    fixed: dict[str, set[str]]
+    """Per query, docids of its top without text: they keep their positions (``keep_missing``)."""
+    as_is: dict[str, Hits]
+    """Queries without a topic, their hits in input order (``keep_missing``)."""
+
+
+def run_requests(
+    hits: dict[str, Hits],
+    topics: dict[str, str],
+    contents_of: Callable[[set[str]], dict[str, str]],
+    rerank_top: int | None,
+    keep_missing: bool = False,
+) -> RunRequests:
+    """RankLLM requests of each query's top ``rerank_top`` hits (all: None) from a run, with texts from ``contents_of``.
+
+    Raises:
+        ValueError: a qid without a topic or a docid without text (named), unless ``keep_missing``:
+            then a warning, and the query's hits (or the hit) keep their places.
+    """
+    from dacite import from_dict
+    from rank_llm.data import Request
+
+    no_topic = [q for q in hits if q not in topics]
+    if no_topic and not keep_missing:
+        raise ValueError(
+            f"{len(no_topic)} queries of the run have no topic, e.g. qid {no_topic[0]!r}; give their topics, "
+            "or --keep-missing to keep their hits as they are"
+        )
+    if no_topic:
+        log.warning(
+            "%d queries have no topic and keep their hits as they are: %s", len(no_topic), ", ".join(no_topic[:10])
+        )
+    tops = {q: h[:rerank_top] if rerank_top is not None else h for q, h in hits.items() if q in topics}
+    wanted = {d for top in tops.values() for d, _ in top}
+    contents = contents_of(wanted)
+    missing = sorted(wanted - set(contents))
+    if missing and not keep_missing:
+        raise ValueError(
+            f"{len(missing)} documents of the run have no text, e.g. docid {missing[0]!r}; give a corpus that "
+            "holds them, or --keep-missing to keep such hits in place"
+        )
+    if missing:
+        log.warning("%d documents have no text and keep their places: %s", len(missing), ", ".join(missing[:10]))
+    requests, fixed = [], {}
+    for qid, top in tops.items():
+        fixed[qid] = {d for d, _ in top if d not in contents}
+        candidates = [
+            {"docid": d, "score": score, "doc": {"contents": contents[d]}} for d, score in top if d in contents
+        ]
+        requests.append(
+            from_dict(data_class=Request, data={"query": {"qid": qid, "text": topics[qid]}, "candidates": candidates})
+        )
+    as_is = {q: rank_scores([d for d, _ in hits[q]]) for q in no_topic}
+    return RunRequests(requests, {q: f for q, f in fixed.items() if f}, as_is)
+
+
+def kept_in_place(reranked: list[str], top: list[str], fixed: set[str]) -> list[str]:
+    """``top`` with the ``fixed`` docids at their own positions and the others in ``reranked``'s order."""
+    others = iter(reranked)
+    return [d if d in fixed else next(others) for d in top]
+
+
+def rerank_into_run(
+    target: Target,
+    requests: list,
+    hits: dict[str, Hits],
+    output: Path,
+    decoding: DecodingConfig,
+    prompt: PromptConfig,
+    batching: BatchConfig,
+    windows: WindowConfig,
+    done: dict[str, Hits],
+    fixed: dict[str, set[str]] | None = None,
+    on_batch: Callable[[list[Reranked]], None] | None = None,
+) -> dict[str, Hits]:
+    """Rerank ``requests`` (each the top of its query's ``hits``) and rewrite ``output`` atomically after
+    every batch: every query of ``hits`` in its order (reranked top, then the rest of its hits in
+    their order; not yet reranked: left out), queries of ``done`` as they are.
+
+    ``fixed[qid]``: docids of the top that were not reranked (no text) and keep their positions.
+    Returns the run as written last.
+    """
+    fixed = fixed or {}
+    run = dict(done)
+    tag = decoding.run_tag
+    top_of = {str(r.query.qid): len(r.candidates) + len(fixed.get(str(r.query.qid), ())) for r in requests}
+
+    def ordered() -> dict[str, Hits]:
+        return {**{q: h for q, h in run.items() if q not in hits}, **{q: run[q] for q in hits if q in run}}
+
+    with tqdm(total=len(requests), desc=tag, unit="query", file=sys.stderr) as bar:
+        for batch in rerank_windowed(target, requests, decoding, prompt, batching, windows):
+            for r in batch:
+                docids = [d for d, _ in hits[r.qid]]
+                depth = top_of[r.qid]
+                top = kept_in_place(
+                    r.docids[: depth - len(fixed.get(r.qid, ()))], docids[:depth], fixed.get(r.qid, set())
+                )
+                run[r.qid] = rank_scores(top + docids[depth:])
+            write_run(output, ordered(), tag)
+            bar.update(len(batch))
+            if on_batch is not None:
+                on_batch(batch)
+    if not requests:
+        write_run(output, ordered(), tag)
+    return ordered()
 
 
 def pipeline(
@@ -87,17 +205,19 @@ def pipeline(
     rerank_top: int = 20,
     resume: bool = False,
     batching: BatchConfig = BatchConfig(),
+    windows: WindowConfig = WindowConfig(),
+    measures: Sequence[Any] | None = None,
 ) -> PipelineResult:
     """Retrieve, rerank the top ``rerank_top`` of each query, write the run after every batch of queries.
 
-    The run keeps all ``hits`` per query: the reranked top k, then BM25's order below it.
+    The run keeps all ``hits`` per query: the reranked top k, then BM25's order below it. Lists
+    longer than ``windows.window_size`` are ranked with RankLLM's sliding windows.
 
     Raises:
         ValueError: ``output`` exists and ``resume`` is off (nothing written is ever overwritten
             silently), or ``rerank_top`` < 1.
     """
     from rsd_rerank.integrations.pyserini import bm25
-    from rsd_rerank.integrations.rank_llm import RSDReranker
 
     output = Path(output)
     if rerank_top < 1 or hits < rerank_top:
@@ -105,45 +225,21 @@ def pipeline(
     if output.exists() and not resume:
         raise ValueError(f"{output} exists; pass --resume to continue it or choose another --output")
     tag = decoding.run_tag
-    done = _resumable(output, tag, index, topics, hits) if output.exists() else {}
+    done = {}
+    if output.exists():
+        previous = read_run(output).hits
+        found = bm25(index, {q: topics[q] for q in previous if q in topics}, hits) if previous else {}
+        done = resumable(output, tag, {q: len(h) for q, h in found.items()})
     todo = {q: t for q, t in topics.items() if q not in done}
     runs, requests = candidate_requests(index, todo, hits, rerank_top) if todo else ({}, [])
-    windows = None
-    if rerank_top > 20:  # RankLLM's sliding windows (20, stride 10), as RankLLM users run them
-        windows = RSDReranker(
-            target,
-            method=decoding.method,
-            budget=decoding.budget,
-            agent=decoding.agent,
-            context_size=prompt.context_size,
-            max_passage_words=prompt.max_passage_words,
-            prompt_template_path=prompt.template,
-            batch_size=batching.batch_size,
-            max_batch_tokens=batching.max_batch_tokens,
-        )
-    run = dict(done)
-    bar = tqdm(total=len(requests), desc=tag, unit="query")
-    for start in range(0, len(requests), batching.batch_size):
-        chunk = requests[start : start + batching.batch_size]
-        if windows is None:
-            orders = [r.docids for batch in rerank_requests(target, chunk, decoding, prompt, batching) for r in batch]
-        else:
-            orders = [
-                [c.docid for c in result.candidates] for result in windows.rerank_batch(chunk, rank_end=rerank_top)
-            ]
-        for request, order in zip(chunk, orders, strict=True):
-            qid = str(request.query.qid)
-            reranked = set(order)
-            run[qid] = rank_scores(order + [d for d, _ in runs[qid] if d not in reranked])
-        write_run(output, run, tag)
-        bar.update(len(chunk))
-    bar.close()
+    windows = replace(windows, rerank_top=rerank_top)
+    run = rerank_into_run(target, requests, runs, output, decoding, prompt, batching, windows, done)
     metrics, unjudged = None, []
-    evaluated = evaluate(qrels, {qid: dict(found) for qid, found in run.items()})
+    evaluated = evaluate(qrels, {qid: dict(found) for qid, found in run.items()}, measures)
     if evaluated is not None:
         reranked_metrics, unjudged = evaluated
         # BM25 beside it over the same queries; those resumed from the run file are searched again.
         bm25_runs = {**(bm25(index, {q: topics[q] for q in done if q in topics}, hits) if done else {}), **runs}
-        bm25_metrics, _ = evaluate(qrels, {q: dict(found) for q, found in bm25_runs.items() if q in run})
+        bm25_metrics, _ = evaluate(qrels, {q: dict(found) for q, found in bm25_runs.items() if q in run}, measures)
         metrics = {"BM25": bm25_metrics, tag: reranked_metrics}
     return PipelineResult(len(requests), len(done), metrics, unjudged)

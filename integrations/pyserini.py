@@ -205,30 +205,37 @@ def _searcher(index_dir: str | os.PathLike):
 
 def stored_contents(index_dir: str | os.PathLike, docids: set[str]) -> dict[str, str]:
     """``{docid: contents}`` from the raw documents the index stores (``-storeRaw``), as RankLLM's
-    ``PyseriniRetriever`` reads them.
+    ``PyseriniRetriever`` reads them; docids the index does not store are left out.
 
     Raises:
-        ValueError: the index is missing, or stores no raw text for a docid.
+        ValueError: the index is missing.
     """
     searcher = _searcher(index_dir)
     out = {}
     for docid in docids:
         doc = searcher.doc(docid)
         raw = doc.raw() if doc is not None else None
-        if raw is None:
-            raise ValueError(f"{index_dir} stores no raw text for document {docid!r} (index with -storeRaw)")
-        out[docid] = json.loads(raw).get("contents", raw)
+        if raw is not None:
+            out[docid] = json.loads(raw).get("contents", raw)
     return out
 
 
 def request_dicts(
     index_dir: str | os.PathLike, runs: dict[str, list[tuple[str, float]]], topics: dict[str, str], depth: int
 ) -> list[dict]:
-    """RankLLM request dicts of each query's top ``depth`` hits, with the text the index stores."""
+    """RankLLM request dicts of each query's top ``depth`` hits, with the text the index stores.
+
+    Raises:
+        ValueError: the index stores no raw text for a hit (it was not built with ``-storeRaw``).
+    """
     from rsd_rerank.runs import request_records
 
     top = {d for found in runs.values() for d, _ in found[:depth]}
-    return request_records(runs, topics, stored_contents(index_dir, top), depth)
+    contents = stored_contents(index_dir, top)
+    missing = sorted(top - set(contents))
+    if missing:
+        raise ValueError(f"{index_dir} stores no raw text for document {missing[0]!r} (index with -storeRaw)")
+    return request_records(runs, topics, contents, depth)
 
 
 def bm25(index_dir: str | os.PathLike, queries: dict[str, str], hits: int, k1: float = 0.9, b: float = 0.4):

@@ -6,12 +6,20 @@ output. ``rerank_batch`` walks the windows of every request in lockstep, RankLLM
 request (a request's windows stay sequential, each depends on the last), and decodes the i-th window
 of up to ``batch_size`` requests in one batched session. Each window's prompt is RankLLM's own template rendering; instead of free generation the
 window is decoded by the core engine (``rsd``, ``greedy``, ``std``, ``gsd``, ``consensus``) and written back
-as the ranking string ``[B] > [A] > …`` that RankLLM parses.
+as the ranking string ``[B] > [A] > …`` (``[2] > [1] > …`` with a numeric template) that RankLLM parses.
+
+``rerank_windowed`` is the one path from requests to reranked lists for the ``rerank`` and
+``pipeline`` commands: it goes through ``RSDReranker.rerank_batch``, so every command and the Python
+API walk the same windows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rank_llm.data import Request, Result
@@ -20,19 +28,22 @@ from rank_llm.rerank.listwise.listwise_rankllm import ListwiseRankLLM
 from rsd_rerank.methods import DecodingConfig, rank_many
 from rsd_rerank.prompt import (
     DEFAULT_TEMPLATE,
-    IDENTIFIERS,
     PromptConfig,
     build_prompt,
     chat_ids,
     check_candidates,
+    identifier,
+    max_identifiers,
+    numeric_identifiers,
     prompt_from_messages,
+    quiet_stdout,
     ranking_text,
     template_path,
 )
-from rsd_rerank.runs import BatchConfig, batched_sessions
+from rsd_rerank.runs import BatchConfig, WindowConfig, batched_sessions
 from rsd_rerank.targets import Target, load_target
 
-__all__ = ["RSDReranker"]
+__all__ = ["RSDReranker", "Reranked", "rerank_windowed"]
 
 
 class RSDReranker(ListwiseRankLLM):
@@ -42,8 +53,9 @@ class RSDReranker(ListwiseRankLLM):
         model: as ``rsd_rerank.targets.load_target``: ``None`` (embedded SmolLM2), a name, a local
             directory, a loaded model (with ``tokenizer``) or a ``Target``.
         tokenizer: the tokenizer of a loaded ``model``.
-        prompt_template_path: a RankLLM ``singleturn_listwise`` template with alphabetical
-            identifiers (name of a bundled one, or a path).
+        prompt_template_path: a RankLLM ``singleturn_listwise`` template (name of a bundled one, or
+            a path); its output format picks the identifiers: letters (``rank_zephyr_alpha_template.yaml``,
+            the default) or numbers (RankZephyr's ``rank_zephyr_template.yaml``, any window size).
         method: ``rsd`` (the learned agent), ``greedy`` (the LLM's own ranking), ``std``, ``gsd`` or
             ``consensus``.
         budget: LLM verification passes per window.
@@ -54,9 +66,10 @@ class RSDReranker(ListwiseRankLLM):
         batch_size, max_batch_tokens: windows decoded together (``rsd_rerank.runs.BatchConfig``).
 
     Every window's passes, i* per round and seconds are recorded in the invocation's
-    ``token_usage``. After reranking, candidate scores are set to ``n, n-1, …, 1`` (rank order), so
-    a TREC run written from the results has strictly decreasing scores even where first-stage
-    scores tie.
+    ``token_usage`` (when ``populate_invocations_history`` is passed, as in RankLLM). After
+    reranking, the candidates in ``[rank_start, rank_end)`` get strictly decreasing scores above the
+    first candidate below the range (rank order; a TREC run written from the results keeps the order
+    even where first-stage scores tie); scores outside the range are RankLLM's, untouched.
     """
 
     def __init__(
@@ -76,30 +89,38 @@ class RSDReranker(ListwiseRankLLM):
         batch_size: int = BatchConfig.batch_size,
         max_batch_tokens: int | None = BatchConfig.max_batch_tokens,
     ) -> None:
-        if not 1 <= window_size <= len(IDENTIFIERS):
-            raise ValueError(f"window_size must be 1..{len(IDENTIFIERS)} (identifiers [A]..[Z]), got {window_size}")
+        template = str(template_path(prompt_template_path))
+        self._numeric = numeric_identifiers(template)
+        limit = max_identifiers(self._numeric)
+        if window_size < 1 or (limit is not None and window_size > limit):
+            raise ValueError(
+                f"window_size must be 1..{limit} (identifiers [A]..[Z]; a numeric template such as "
+                f"rank_zephyr_template.yaml takes any), got {window_size}"
+            )
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
         self._target: Target = load_target(model, tokenizer, device=device, dtype=dtype)
         self._decoding = DecodingConfig(method, budget, agent)
         self._batching = BatchConfig(batch_size, max_batch_tokens)
-        template = str(template_path(prompt_template_path))
         self._prompt_config = PromptConfig(template, max_passage_words, context_size)
-        super().__init__(
-            model=self._target.name,
-            context_size=context_size,
-            prompt_template_path=template,
-            window_size=window_size,
-            stride=stride,
-            use_alpha=True,
-            batch_size=batch_size,
-            max_passage_words=max_passage_words,
-        )
+        with quiet_stdout():  # RankLLM prints "Template validated successfully!" and more on construction
+            super().__init__(
+                model=self._target.name,
+                context_size=context_size,
+                prompt_template_path=template,
+                window_size=window_size,
+                stride=stride,
+                use_alpha=not self._numeric,
+                batch_size=batch_size,
+                max_passage_words=max_passage_words,
+            )
 
     # -- prompts ---------------------------------------------------------------------------------
 
     def create_prompt(self, result: Result, rank_start: int, rank_end: int) -> tuple[list[dict[str, str]], int]:
         """RankLLM's chat messages for the window, fitted to the context; and their token count."""
         window = result.candidates[rank_start:rank_end]
-        check_candidates([c.docid for c in window])
+        check_candidates([c.docid for c in window], numeric=self._numeric)
         prompt = build_prompt(
             self._target.tokenizer,
             result.query.text,
@@ -121,7 +142,7 @@ class RSDReranker(ListwiseRankLLM):
 
     def num_output_tokens(self, current_window_size: int | None = None) -> int:
         k = current_window_size or self._window_size
-        return len(self._target.tokenizer.encode(ranking_text(range(k)), add_special_tokens=False))
+        return len(self._target.tokenizer.encode(ranking_text(range(k), self._numeric), add_special_tokens=False))
 
     def cost_per_1k_token(self, input_token: bool) -> float:
         return 0.0
@@ -137,15 +158,35 @@ class RSDReranker(ListwiseRankLLM):
     def run_llm_batched(
         self, prompts: list[list[dict[str, str]]], current_window_size: int | None = None, **kwargs: Any
     ) -> list[tuple[str, None, dict[str, Any]]]:
-        """Decode windows of one size, ``batch_size`` at a time in one session each."""
-        k = current_window_size or self._window_size
-        return self._decode_windows(prompts, [k] * len(prompts))
+        """Decode windows, ``batch_size`` at a time in one session each; K is read from each prompt (and
+        must equal ``current_window_size`` where that is given)."""
+        ks = [self._listed(p) for p in prompts]
+        if current_window_size is not None and any(k != current_window_size for k in ks):
+            raise ValueError(
+                f"current_window_size is {current_window_size} but the prompts list {sorted(set(ks))} passages"
+            )
+        return self._decode_windows(prompts, ks)
+
+    def _listed(self, prompt: list[dict[str, str]]) -> int:
+        """How many passages a prompt lists: its body lines ``[1] …``, ``[2] …`` (or ``[A] …``) in order.
+        RankLLM rewrites ``[n]`` inside passages and queries to ``(n)``, so only the body lines match."""
+        text = "\n".join(str(m.get("content", "")) for m in prompt)
+        found = re.findall(r"^\[(\d+|[A-Z])\] ", text, flags=re.MULTILINE)
+        expected = [identifier(i, self._numeric) for i in range(len(found))]
+        if not found or found != expected:
+            raise ValueError(
+                f"cannot read the passages of this prompt: its body lines name {found[:30]}, not "
+                f"{expected[:3] or [identifier(0, self._numeric)]}… in order"
+            )
+        return len(found)
 
     def _decode_windows(
         self, prompts: list[list[dict[str, str]]], ks: list[int]
     ) -> list[tuple[str, None, dict[str, Any]]]:
         """Decode windows (chat messages listing ``ks[i]`` candidates), batched; RankLLM's output tuples."""
-        tokenized = [prompt_from_messages(self._target.tokenizer, p, k) for p, k in zip(prompts, ks, strict=True)]
+        tokenized = [
+            prompt_from_messages(self._target.tokenizer, p, k, self._numeric) for p, k in zip(prompts, ks, strict=True)
+        ]
         out: list[tuple[str, None, dict[str, Any]]] = []
         for group, session in batched_sessions(self._target, tokenized, self._batching):
             decoded = rank_many(session, self._decoding)
@@ -162,7 +203,7 @@ class RSDReranker(ListwiseRankLLM):
                     "decode_seconds": trace.decode_seconds,
                     "batch": len(group),
                 }
-                out.append((ranking_text(decoded[q].ranking), None, usage))
+                out.append((ranking_text(decoded[q].ranking, self._numeric), None, usage))
         return out
 
     def rerank_batch(
@@ -174,12 +215,20 @@ class RSDReranker(ListwiseRankLLM):
         logging: bool = False,
         **kwargs: Any,
     ) -> list[Result]:
-        """RankLLM's sliding windows over every request, the i-th windows of all requests decoded together;
-        scores rewritten to rank order."""
+        """RankLLM's sliding windows over every request, the i-th windows of all requests decoded together.
+
+        A request without candidates gives an empty ``Result`` (as RankLLM's own rerankers do); a
+        window of one candidate needs no LLM call. ``populate_invocations_history`` (default False,
+        RankLLM's) keeps every window's prompt and usage in the result.
+
+        Raises:
+            ValueError: a request repeats a docid (before any window is decoded).
+        """
         top_k_retrieve: int = kwargs.get("top_k_retrieve", rank_end)
-        populate = kwargs.get("populate_invocations_history", True)
+        populate = kwargs.get("populate_invocations_history", False)
         for request in requests:
-            check_candidates([c.docid for c in request.candidates], one_prompt=False)
+            if request.candidates:
+                check_candidates([c.docid for c in request.candidates], one_prompt=False)
         results = [
             Result(query=copy.deepcopy(r.query), candidates=copy.deepcopy(r.candidates), invocations_history=[])
             for r in requests
@@ -188,29 +237,113 @@ class RSDReranker(ListwiseRankLLM):
             self.shuffle_and_rescore(results, rank_start, rank_end)
         window_size = min(self._window_size, top_k_retrieve)
         first = max(rank_start, 0)
+        ends = {i: min(rank_end, top_k_retrieve, len(result.candidates)) for i, result in enumerate(results)}
         # Each request's next window, exactly as RankLLM's sliding_windows walks it: from the bottom up.
         windows: dict[int, tuple[int, int]] = {}
-        for i, result in enumerate(results):
-            end = min(rank_end, top_k_retrieve, len(result.candidates))
+        for i, end in ends.items():
             if end > max(end - window_size, first):
                 windows[i] = (max(end - window_size, first), end)
         while windows:
-            order = list(windows)
+            order = [i for i in windows if windows[i][1] - windows[i][0] > 1]
             prompts = [self.create_prompt(results[i], *windows[i]) for i in order]
             outputs = self._decode_windows([p for p, _ in prompts], [windows[i][1] - windows[i][0] for i in order])
             for i, (prompt, in_tokens), llm_out in zip(order, prompts, outputs, strict=True):
-                start, end = windows.pop(i)
                 results[i] = self._apply_llm_output_to_result(
-                    results[i], llm_out, prompt, in_tokens, start, end, logging, populate
+                    results[i], llm_out, prompt, in_tokens, *windows[i], logging, populate
                 )
+            for i in list(windows):
+                start, end = windows.pop(i)
                 if start != first:  # once the first candidate is in a window, further windows are redundant
                     end -= self._stride
                     start = max(start - self._stride, first)
                     if end > start:
                         windows[i] = (start, end)
-        for result in results:
-            n = len(result.candidates)
-            result.candidates = [copy.copy(c) for c in result.candidates]
-            for i, candidate in enumerate(result.candidates):
-                candidate.score = float(n - i)
+        for i, result in enumerate(results):
+            _rank_order_scores(result, first, ends[i])
         return results
+
+    async def rerank_batch_async(
+        self,
+        requests: list[Request],
+        rank_start: int = 0,
+        rank_end: int = 100,
+        shuffle_candidates: bool = False,
+        logging: bool = False,
+        *,
+        isolate_llm_slots: bool = False,
+        **kwargs: Any,
+    ) -> list[Result]:
+        """``rerank_batch`` in a worker thread: the same windows, rankings, scores and history as the
+        sync path (RankLLM's async path would decode window by window through ``run_llm_async``)."""
+        return await asyncio.to_thread(
+            self.rerank_batch, requests, rank_start, rank_end, shuffle_candidates, logging, **kwargs
+        )
+
+
+def _rank_order_scores(result: Result, start: int, end: int) -> None:
+    """Scores of ``result.candidates[start:end]`` strictly decreasing in rank order, above the first
+    candidate below the range (its score, or 0); the others keep theirs."""
+    below = result.candidates[end].score if end < len(result.candidates) else None
+    base = float(below) if below is not None else 0.0
+    result.candidates = [copy.copy(c) for c in result.candidates]
+    for i in range(start, end):
+        result.candidates[i].score = base + float(end - i)
+
+
+@dataclass(frozen=True)
+class Reranked:
+    """One request's candidates in their new order (reranked top, then the rest as they came), with
+    each window's usage (passes, i* per round, seconds)."""
+
+    qid: str
+    docids: list[str]
+    windows: list[dict[str, Any]]
+
+    @property
+    def passes(self) -> int:
+        return sum(w["passes"] for w in self.windows)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(w["prompt_tokens"] for w in self.windows)
+
+
+def rerank_windowed(
+    target: Target,
+    requests: Sequence[Request],
+    decoding: DecodingConfig,
+    prompt: PromptConfig,
+    batching: BatchConfig = BatchConfig(),
+    windows: WindowConfig = WindowConfig(),
+) -> Iterator[list[Reranked]]:
+    """Rerank each request's top ``windows.rerank_top`` candidates (all by default) with RankLLM's sliding
+    windows, ``batching.batch_size`` requests at a time; yields each batch's results in request order.
+
+    Raises:
+        ValueError: a repeated docid, a doc without text, or a template that cannot express the ranking.
+    """
+    reranker = RSDReranker(
+        target,
+        prompt_template_path=prompt.template,
+        method=decoding.method,
+        budget=decoding.budget,
+        agent=decoding.agent,
+        window_size=windows.window_size,
+        stride=windows.stride,
+        context_size=prompt.context_size,
+        max_passage_words=prompt.max_passage_words,
+        batch_size=batching.batch_size,
+        max_batch_tokens=batching.max_batch_tokens,
+    )
+    for start in range(0, len(requests), batching.batch_size):
+        chunk = list(requests[start : start + batching.batch_size])
+        depth = max(len(r.candidates) for r in chunk) if windows.rerank_top is None else windows.rerank_top
+        results = reranker.rerank_batch(chunk, rank_end=depth, populate_invocations_history=True)
+        yield [
+            Reranked(
+                str(result.query.qid),
+                [str(c.docid) for c in result.candidates],
+                [inv.token_usage for inv in result.invocations_history or []],
+            )
+            for result in results
+        ]

@@ -21,20 +21,18 @@ def _measure_text(name: str, value: float) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """One line per (method, T); seconds are medians per query (p90 in the JSON)."""
 
-    def label(r):
-        return r["method"] + (f"@{r['T']}" if r["method"] in BUDGETED else "")
-
-    columns = ["method", "nDCG@10", *MEASURES, "passes", "prefill s", "decode s", "end-to-end s", "parse failures"]
+    retrieval = list(dict.fromkeys(name for r in rows for name in r["retrieval"]))
+    columns = ["method", *retrieval, *MEASURES, "passes", "prefill s", "decode s", "end-to-end s", "parse failures"]
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        ndcg = "–" if r["nDCG@10"] is None else f"{r['nDCG@10']:.4f}"
+        ir = [f"{r['retrieval'][n]:.4f}" if r["retrieval"].get(n) is not None else "–" for n in retrieval]
         fidelity = [_measure_text(name, r[name]) for name in MEASURES]
         if r["method"] == "bm25":
-            cells = ["bm25", ndcg, *fidelity, "–", "–", "–", "–", "–"]
+            cells = ["bm25", *ir, *fidelity, "–", "–", "–", "–", "–"]
         else:
             cells = [
-                label(r),
-                ndcg,
+                _label(r),
+                *ir,
                 *fidelity,
                 "–" if r["passes"] is None else f"{r['passes']:.1f}",
                 f"{r['prefill_seconds']['median']:.2f}",
@@ -46,14 +44,34 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _label(r: dict) -> str:
+    return r["method"] + (f"@{r['T']}" if r["method"] in BUDGETED else "")
+
+
 def plot(rows: list[dict], path: str | os.PathLike) -> None:
-    """Budget vs KT and budget vs decode seconds (PNG); unbudgeted methods as horizontal lines."""
+    """Budget vs KT and budget vs decode seconds (PNG); unbudgeted methods as horizontal lines. With a
+    single budget a budget axis would be one point wide: then bars, one per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_kt, ax_s) = plt.subplots(1, 2, figsize=(10, 4))
+    shown = [r for r in rows if r["method"] != "bm25"]
+    if len({r["T"] for r in shown if r["method"] in BUDGETED}) <= 1:
+        labels = [_label(r) for r in shown]
+        colors = [f"C{i % 10}" for i in range(len(shown))]
+        ax_kt.bar(labels, [r["KT"] for r in shown], color=colors)
+        ax_s.bar(labels, [r["decode_seconds"]["median"] for r in shown], color=colors)
+        ax_kt.set(ylabel="Kendall tau to greedy target", ylim=(min(0.0, *(r["KT"] for r in shown)), 1.0))
+        ax_s.set(ylabel="decode seconds per query (median)")
+        for ax in (ax_kt, ax_s):
+            ax.tick_params(axis="x", labelrotation=45)
+        fig.tight_layout()
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+        plt.close(fig)
+        return
     budgeted = [r for r in rows if r["method"] in BUDGETED]
     for method in dict.fromkeys(r["method"] for r in budgeted):
         pts = sorted((r["T"], r["KT"], r["decode_seconds"]["median"]) for r in budgeted if r["method"] == method)

@@ -20,7 +20,7 @@ from rsd_rerank.agent import K_TIED, NETWORKS, AgentConfig
 from rsd_rerank.methods import BUDGETED, METHODS, DecodingConfig
 from rsd_rerank.metrics import MEASURES
 from rsd_rerank.prompt import PromptConfig
-from rsd_rerank.runs import BatchConfig
+from rsd_rerank.runs import BatchConfig, WindowConfig
 from rsd_rerank.targets import DTYPES, TargetConfig
 from rsd_rerank.training.rpo import ADVANTAGES
 from rsd_rerank.training.trainer import TrainConfig
@@ -33,6 +33,7 @@ log = logging.getLogger("rsd_rerank")
 TARGET_FIELDS = ("model", "device", "dtype", "device_map")
 PROMPT_FIELDS = ("template", "max_passage_words", "context_size")
 BATCH_FIELDS = ("batch_size", "max_batch_tokens")
+WINDOW_FIELDS = ("rerank_top", "window_size", "stride")
 DECODING_FIELDS = ("method", "budget", "agent")
 AGENT_FIELDS = ("network", "temperature", "hidden", "layers", "heads")
 TRAIN_FIELDS = (
@@ -55,6 +56,9 @@ MINIMUM = {
     "context_size": 1,
     "batch_size": 1,
     "max_batch_tokens": 1,
+    "rerank_top": 1,
+    "window_size": 1,
+    "stride": 1,
     "budget": 0,
     "group": 1,
     "stage1_epochs": 0,
@@ -170,37 +174,101 @@ def _decoding_config(args: argparse.Namespace) -> DecodingConfig:
     return config
 
 
-def _cmd_rerank(args: argparse.Namespace) -> None:
+def _windows(args: argparse.Namespace) -> WindowConfig:
+    return config_from(WindowConfig, args, WINDOW_FIELDS)
+
+
+def _print_reranked(batch: list) -> None:
     from tqdm import tqdm
 
-    from rsd_rerank.runs import rank_scores, read_requests, rerank_requests, write_run
+    for r in batch:
+        if not r.windows:
+            tqdm.write(f"qid {r.qid}: {len(r.docids)} docs, nothing to order: no LLM call, passes=0")
+            continue
+        last = r.windows[-1]
+        tqdm.write(
+            f"qid {r.qid}: {len(r.docids)} docs, {len(r.windows)} window(s), prompt={r.prompt_tokens} tok, "
+            f"passes={r.passes}, decode {sum(w['decode_seconds'] for w in r.windows):.2f}s"
+            + (f" (batch of {last['batch']})" if last["batch"] > 1 else "")
+            + f", i* (last window)={last['accepted']}"
+        )
+
+
+def _cmd_rerank(args: argparse.Namespace) -> None:
+    from rsd_rerank.integrations.pipeline import RunRequests, rerank_into_run, resumable
+    from rsd_rerank.prompt import check_candidates
+    from rsd_rerank.runs import read_requests
 
     decoding = _decoding_config(args)
     prompt = _prompt_config(args)
-    batching = _batch_config(args)
-    requests = read_requests(args.requests)
-    qids = [str(r.query.qid) for r in requests]
-    repeated = sorted({q for q in qids if qids.count(q) > 1})
-    if repeated:
-        raise ValueError(
-            f"{args.requests} repeats qids {', '.join(repeated[:10])}: a TREC run holds one ranking per qid"
-        )
+    windows = _windows(args)
+    output = Path(args.output)
+    if args.requests:
+        if args.topics or args.dataset or args.index or args.corpus or args.keep_missing:
+            raise ValueError("--topics, --dataset, --index, --corpus and --keep-missing go with --run, not --requests")
+        requests = read_requests(args.requests)
+        qids = [str(r.query.qid) for r in requests]
+        repeated = sorted({q for q in qids if qids.count(q) > 1})
+        if repeated:
+            raise ValueError(
+                f"{args.requests} repeats qids {', '.join(repeated[:10])}: a TREC run holds one ranking per qid"
+            )
+        for request in requests:  # before anything is loaded or written
+            if request.candidates:
+                check_candidates([str(c.docid) for c in request.candidates], one_prompt=False)
+        empty = [str(r.query.qid) for r in requests if not r.candidates]
+        if empty:
+            log.warning(
+                "%d requests have no candidates and get no lines in the run: %s", len(empty), ", ".join(empty[:10])
+            )
+        made = RunRequests(requests, {}, {})
+        hits = {str(r.query.qid): [(str(c.docid), c.score) for c in r.candidates] for r in requests}
+    else:
+        made, hits = _run_requests(args, windows)
+    if output.exists() and not args.resume:
+        raise ValueError(f"{output} exists; pass --resume to continue it or choose another --output")
+    done = resumable(output, decoding.run_tag, {q: len(h) for q, h in hits.items()}) if output.exists() else {}
+    todo = [r for r in made.requests if str(r.query.qid) not in done]
     target = _load_target(args)
-    ranked = []
-    with tqdm(total=len(requests), desc=decoding.run_tag, unit="query", file=sys.stderr) as bar:
-        for batch in rerank_requests(target, requests, decoding, prompt, batching):
-            ranked += batch
-            bar.update(len(batch))
-            for r in batch:
-                t = r.trace
-                tqdm.write(
-                    f"qid {r.qid}: K={len(r.docids)} prompt={r.prompt_tokens} tok, passes={t.passes}, "
-                    f"prefill {t.prefill_seconds:.2f}s, decode {t.decode_seconds:.2f}s"
-                    + (f" (batch of {len(batch)})" if len(batch) > 1 else "")
-                    + f", i*={t.accepted_of()}"
-                )
-    n = write_run(args.output, {r.qid: rank_scores(r.docids) for r in ranked}, decoding.run_tag)
-    print(f"wrote {n} lines for {len(ranked)} queries to {args.output}")
+    run = rerank_into_run(
+        target,
+        todo,
+        hits,
+        output,
+        decoding,
+        prompt,
+        _batch_config(args),
+        windows,
+        {**made.as_is, **done},
+        made.fixed,
+        on_batch=_print_reranked,
+    )
+    lines = sum(len(h) for h in run.values())
+    print(f"wrote {lines} lines for {len(run)} queries to {output} ({len(todo)} reranked now, {len(done)} resumed)")
+
+
+def _run_requests(args: argparse.Namespace, windows: WindowConfig):
+    """Requests from ``--run`` with topics from ``--topics``/``--dataset`` and texts from ``--index``/``--corpus``/``--dataset``."""
+    from rsd_rerank.integrations import datasets
+    from rsd_rerank.integrations.pipeline import run_requests
+    from rsd_rerank.runs import read_run
+
+    if not (args.topics or args.dataset):
+        raise ValueError("--run needs the queries' texts: --topics FILE (qid<TAB>text) or --dataset IRDS_ID")
+    sources = [name for name in ("index", "corpus") if getattr(args, name)]
+    if len(sources) > 1:
+        raise ValueError("give the passages' texts once: --index or --corpus (or --dataset alone)")
+    if not sources and not args.dataset:
+        raise ValueError("--run needs the passages' texts: --index DIR, --corpus JSONL or --dataset IRDS_ID")
+    hits = {q: sorted(h, key=lambda hit: -hit[1]) for q, h in read_run(args.run).hits.items()}  # by score, stable
+    topics = datasets.queries(args.topics or args.dataset)
+    if args.index:
+        from rsd_rerank.integrations.pyserini import stored_contents
+
+        contents_of = lambda docids: stored_contents(args.index, docids)  # noqa: E731
+    else:
+        contents_of = lambda docids: datasets.doc_contents(args.corpus or args.dataset, docids)  # noqa: E731
+    return run_requests(hits, topics, contents_of, windows.rerank_top, args.keep_missing), hits
 
 
 def _cmd_index(args: argparse.Namespace) -> None:
@@ -212,8 +280,6 @@ def _cmd_index(args: argparse.Namespace) -> None:
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> None:
-    import ir_measures
-
     from rsd_rerank.files import atomic_write
     from rsd_rerank.integrations import datasets
     from rsd_rerank.integrations.measures import evaluate
@@ -232,8 +298,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> None:
         records = request_dicts(args.index, runs, topics, args.candidates)
         atomic_write(args.requests, "".join(json.dumps(r) + "\n" for r in records))
         print(f"wrote {len(records)} RankLLM requests (top {args.candidates}) to {args.requests}")
-    measures = [ir_measures.nDCG @ 10, ir_measures.R @ 100, ir_measures.R @ 1000]
-    evaluated = evaluate(judged, {qid: dict(hits) for qid, hits in runs.items()}, measures)
+    evaluated = evaluate(judged, {qid: dict(hits) for qid, hits in runs.items()}, _measures_of(args))
     if evaluated is None:
         print("no qrels for these topics: no metrics")
         return
@@ -283,6 +348,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
         rerank_top=args.rerank_top,
         resume=args.resume,
         batching=_batch_config(args),
+        windows=config_from(WindowConfig, args, WINDOW_FIELDS[1:]),
+        measures=_measures_of(args),
     )
     print(f"reranked {result.reranked} queries ({result.resumed} already in {args.output}); run in {args.output}")
     if result.metrics is None:
@@ -315,7 +382,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     records = compare(
         target, requests, judged, methods, args.budgets, _prompt_config(args), args.agent, _batch_config(args)
     )
-    rows = summarise(records, judged)
+    rows = summarise(records, judged, _measures_of(args))
     meta = {
         "target": target.name,
         "queries": len(requests),
@@ -336,6 +403,29 @@ def _budgets(text: str) -> list[int]:
     if not budgets or min(budgets) < 0:
         raise argparse.ArgumentTypeError(f"budgets must be >= 0, got {text!r}")
     return budgets
+
+
+def _measures(text: str) -> list:
+    from rsd_rerank.integrations.measures import parse_measures
+
+    try:
+        return parse_measures(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _add_measures_option(p: argparse.ArgumentParser, default: str = "nDCG@10 RR@10 R@20") -> None:
+    # Parsed when the command runs (not when the parser is built): ir_measures is slow to import.
+    p.add_argument(
+        "--measures", type=_measures, help=f"ir_measures names, space- or comma-separated (default: {default})"
+    )
+    p.set_defaults(default_measures=default)
+
+
+def _measures_of(args: argparse.Namespace) -> list:
+    from rsd_rerank.integrations.measures import parse_measures
+
+    return args.measures or parse_measures(args.default_measures)
 
 
 def _add_topic_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -375,11 +465,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsd-rerank", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("rerank", help="rerank RankLLM request JSONL into a TREC run")
+    p = sub.add_parser("rerank", help="rerank RankLLM requests, or any retriever's TREC run, into a TREC run")
     _add_model_options(p)
     _add_decoding_options(p)
-    p.add_argument("--requests", required=True, help="RankLLM request JSONL (query + candidates per line)")
-    p.add_argument("--output", required=True, help="TREC run file, written atomically")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--requests", help="RankLLM requests: JSONL (one per line) or a .json array")
+    source.add_argument("--run", help="a TREC run to rerank (with --topics or --dataset, and a text source)")
+    topics = p.add_mutually_exclusive_group()
+    topics.add_argument("--topics", help="with --run: the queries, qid<TAB>text")
+    topics.add_argument("--dataset", help="with --run: ir_datasets id for the queries (and, alone, the texts)")
+    p.add_argument("--index", help="with --run: Lucene index storing the passages (rsd-rerank index)")
+    p.add_argument("--corpus", help="with --run: JSONL corpus (_id/id, title, text/contents) holding the passages")
+    p.add_argument(
+        "--keep-missing",
+        action="store_true",
+        help="with --run: a query without topic or a passage without text is a warning and keeps its place",
+    )
+    add_config_options(p, WindowConfig, WINDOW_FIELDS)
+    p.add_argument("--output", required=True, help="TREC run file, rewritten atomically after every batch")
+    p.add_argument("--resume", action="store_true", help="skip queries already complete in --output")
     p.set_defaults(func=_cmd_rerank)
 
     p = sub.add_parser("index", help="index a corpus flat with Pyserini (contents = title + text)")
@@ -397,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="TREC run file, written atomically")
     p.add_argument("--requests", help="also write each query's top --candidates hits as RankLLM request JSONL")
     p.add_argument("--candidates", type=at_least(1), default=20, help="hits per request in --requests (default 20)")
+    _add_measures_option(p, "nDCG@10 R@100 R@1000")
     p.set_defaults(func=_cmd_retrieve)
 
     p = sub.add_parser("pipeline", help="BM25 → rerank the top k → TREC run → metrics next to BM25's")
@@ -405,8 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="Lucene index (rsd-rerank index)")
     _add_topic_options(p)
     p.add_argument("--hits", type=at_least(1), default=100, help="BM25 hits per query kept in the run")
-    p.add_argument("--rerank-top", type=at_least(1), default=20, help="hits reranked (RankLLM windows 20/10 beyond 20)")
-    p.add_argument("--output", required=True, help="TREC run, rewritten atomically after every query")
+    p.add_argument(
+        "--rerank-top", type=at_least(1), default=20, help="hits reranked (RankLLM windows beyond --window-size)"
+    )
+    add_config_options(p, WindowConfig, WINDOW_FIELDS[1:])
+    _add_measures_option(p)
+    p.add_argument("--output", required=True, help="TREC run, rewritten atomically after every batch of queries")
     p.add_argument("--resume", action="store_true", help="skip queries already in --output")
     p.set_defaults(func=_cmd_pipeline)
 
@@ -418,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=at_least(1), default=20, help="BM25 hits per query to rerank (K)")
     p.add_argument("--methods", default="generate,first,std,gsd,consensus,rsd,greedy")
     p.add_argument("--budgets", type=_budgets, default=[1, 3, 5, 7], help="T values for gsd/consensus/rsd")
+    _add_measures_option(p)
     add_config_options(p, DecodingConfig, ["agent"])
     p.add_argument("--out", required=True, help="output stem: writes .json, .md, .png")
     p.set_defaults(func=_cmd_compare)
@@ -437,7 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _inputs_and_outputs(args: argparse.Namespace) -> tuple[list, list[tuple[Path, bool]]]:
     """The files a command reads and the files (False) or folders (True) it writes."""
     get = lambda name: getattr(args, name, None)  # noqa: E731
-    inputs = [get("requests") if args.command != "retrieve" else None, get("topics"), get("qrels"), get("corpus")]
+    inputs = [
+        get("requests") if args.command != "retrieve" else None,
+        get("run"),
+        get("topics"),
+        get("qrels"),
+        get("corpus"),
+    ]
     outputs: list[tuple[Path, bool]] = []
     if args.command in ("rerank", "retrieve", "pipeline"):
         outputs.append((Path(args.output), False))

@@ -38,6 +38,7 @@ __all__ = [
     "chat_ids",
     "check_candidates",
     "prompt_from_messages",
+    "quiet_stdout",
     "request_prompt",
     "ranking_layout",
     "ranking_text",
@@ -296,8 +297,8 @@ def numeric_identifiers(template: str | Path) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet():
-    # RankLLM's handler prints "Template validated successfully!" on every construction.
+def quiet_stdout():
+    """Swallow what RankLLM prints on construction ("Template validated successfully!", …)."""
     with contextlib.redirect_stdout(io.StringIO()):
         yield
 
@@ -307,7 +308,7 @@ def _handler(template_name: str):
 
     template = _load_template(template_name)
     numeric = template.pop("_numeric")
-    with _quiet():
+    with quiet_stdout():
         return SingleTurnListwiseInferenceHandler(template), numeric
 
 

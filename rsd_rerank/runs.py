@@ -10,25 +10,22 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsd_rerank.decoding import Trace
 from rsd_rerank.files import atomic_write
-from rsd_rerank.methods import DecodingConfig, rank_many
-from rsd_rerank.prompt import Prompt, PromptConfig, check_candidates, request_prompt
+from rsd_rerank.prompt import Prompt
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
 
 __all__ = [
     "BatchConfig",
     "Hits",
-    "Reranked",
     "TrecRun",
+    "WindowConfig",
     "rank_scores",
     "read_requests",
     "read_run",
     "request_records",
     "batched_sessions",
     "batches",
-    "rerank_requests",
     "write_run",
 ]
 
@@ -39,26 +36,46 @@ Hits = list[tuple[str, float]]
 
 
 def read_requests(path: str | os.PathLike) -> list:
-    """RankLLM ``Request`` objects from a JSONL file (one ``{"query": …, "candidates": […]}`` per line).
+    """RankLLM ``Request`` objects from a request file, in either of the formats RankLLM's
+    ``read_requests_from_file`` reads: JSONL (one ``{"query": …, "candidates": […]}`` per line) or a
+    ``.json`` array of such objects. Each record is converted by RankLLM's own data classes
+    (``dacite.from_dict(Request, …)``), and a candidate's ``doc`` may carry any of the keys RankLLM's
+    prompt reads (``text``, ``segment``, ``contents``, ``content``, ``body``, ``passage``, and ``title``).
 
     Raises:
-        ValueError: a missing file, or a line that is not a RankLLM request (the line number is named).
+        ValueError: a missing file, or a line (JSONL) or element (JSON array) that is not a RankLLM
+            request, named by its number.
     """
     from dacite import DaciteError, from_dict
     from rank_llm.data import Request
 
-    requests = []
     try:
-        lines = Path(path).read_text().splitlines()
+        text = Path(path).read_text()
     except OSError as err:
         raise ValueError(f"cannot read requests file {path}: {err.strerror}") from err
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    if str(path).endswith(".json"):
         try:
-            requests.append(from_dict(data_class=Request, data=json.loads(line)))
-        except (json.JSONDecodeError, DaciteError, TypeError) as err:
-            raise ValueError(f"{path}:{number}: not a RankLLM request ({err})") from err
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not a JSON array of RankLLM requests ({err})") from err
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: a .json request file holds an array of requests, got {type(records).__name__}")
+        where = [(f"{path}: element {number}", record) for number, record in enumerate(records)]
+    else:
+        where = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                where.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not a RankLLM request ({err})") from err
+    requests = []
+    for place, record in where:
+        try:
+            requests.append(from_dict(data_class=Request, data=record))
+        except (DaciteError, TypeError, ValueError) as err:
+            raise ValueError(f"{place}: not a RankLLM request ({err})") from err
     if not requests:
         raise ValueError(f"{path} holds no requests")
     empty = [str(r.query.qid) for r in requests if not str(r.query.text).strip()]
@@ -91,16 +108,6 @@ def request_records(
 
 
 @dataclass(frozen=True)
-class Reranked:
-    """One request's candidates in their new order, with the decoding trace."""
-
-    qid: str
-    docids: list[str]
-    trace: Trace
-    prompt_tokens: int
-
-
-@dataclass(frozen=True)
 class BatchConfig:
     """How many requests share a session (one prefill, one forward per round)."""
 
@@ -114,6 +121,24 @@ class BatchConfig:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise ValueError(f"--max-batch-tokens must be >= 1, got {self.max_batch_tokens}")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Which candidates of a request are reranked, and RankLLM's sliding windows over them."""
+
+    rerank_top: int | None = None
+    """Candidates reranked per query, from the top (None: all); those below keep their order under them."""
+    window_size: int = 20
+    """Candidates per LLM prompt; longer lists are ranked window by window (RankLLM's default)."""
+    stride: int = 10
+    """Step between windows, from the bottom of the list up (RankLLM's default)."""
+
+    def __post_init__(self):
+        for name in ("rerank_top", "window_size", "stride"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def batches(lengths: Sequence[int], config: BatchConfig) -> list[list[int]]:
@@ -138,47 +163,6 @@ def batched_sessions(
     indices of its prompts."""
     for group in batches([len(p.token_ids) for p in prompts], batching):
         yield group, TargetSession.from_prompts(target, [prompts[i] for i in group])
-
-
-def rerank_requests(
-    target: Target,
-    requests: Sequence,
-    decoding: DecodingConfig,
-    prompt: PromptConfig,
-    batching: BatchConfig = BatchConfig(),
-) -> Iterator[list[Reranked]]:
-    """Rerank RankLLM ``Request``s, ``batching.batch_size`` at a time; yields each batch's results in request order.
-
-    A single candidate is returned as it is, with no LLM call (there is nothing to order). The
-    rankings equal those of one request at a time (tested); traces carry the batch's seconds.
-
-    Raises:
-        ValueError: no candidates, duplicate docids, more than 26 candidates, or docs without text.
-    """
-    for request in requests:
-        check_candidates([str(c.docid) for c in request.candidates])
-    prompts: list[Prompt | None] = [
-        None if len(r.candidates) == 1 else request_prompt(target.tokenizer, r, prompt, target.max_positions)
-        for r in requests
-    ]
-    lengths = [0 if p is None else len(p.token_ids) for p in prompts]
-    for group in batches(lengths, batching):
-        ranked: dict[int, Reranked] = {}
-        llm = [i for i in group if prompts[i] is not None]
-        if llm:
-            session = TargetSession.from_prompts(target, [prompts[i] for i in llm])
-            decoded = rank_many(session, decoding)
-            for q, i in enumerate(llm):
-                docids = [str(c.docid) for c in requests[i].candidates]
-                ranking = decoded[q].ranking
-                ranked[i] = Reranked(
-                    str(requests[i].query.qid), [docids[j] for j in ranking], decoded[q].trace, lengths[i]
-                )
-        for i in group:
-            if i not in ranked:
-                request = requests[i]
-                ranked[i] = Reranked(str(request.query.qid), [str(request.candidates[0].docid)], Trace(), 0)
-        yield [ranked[i] for i in group]
 
 
 def rank_scores(docids: Sequence[str]) -> Hits:

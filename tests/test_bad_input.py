@@ -86,11 +86,15 @@ def test_an_output_that_is_an_input_is_refused(tmp_path, requests_file, capsys):
 
 
 def test_a_rewritten_output_keeps_its_mode_and_a_new_one_follows_the_umask(tmp_path, requests_file):
+    from rsd_rerank.methods import DecodingConfig
+
     out = tmp_path / "run.trec"
-    out.write_text("old\n")
+    old = f"other Q0 d1 1 1 {DecodingConfig('std').run_tag}\n"
+    out.write_text(old)
     out.chmod(0o640)
-    assert _rerank(requests_file, out) == 0
-    assert stat.S_IMODE(out.stat().st_mode) == 0o640 and out.read_text() != "old\n"
+    assert _rerank(requests_file, out) == 2  # an existing run is never overwritten silently
+    assert _rerank(requests_file, out, "--resume") == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640 and out.read_text().startswith(old) and out.read_text() != old
     fresh = tmp_path / "fresh.trec"
     umask = os.umask(0o022)
     try:
@@ -275,19 +279,21 @@ def test_offline_first_run_is_one_line_saying_how_to_get_the_model(tmp_path, mon
 
 
 def test_ctrl_c_exits_130_with_outputs_whole(tmp_path, requests_file, monkeypatch, capsys):
-    import rsd_rerank.runs
+    from rsd_rerank.integrations import pipeline
+    from rsd_rerank.methods import DecodingConfig
 
     out = tmp_path / "run.trec"
-    out.write_text("previous run\n")
+    previous = f"other Q0 d1 1 1 {DecodingConfig('std').run_tag}\n"
+    out.write_text(previous)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(rsd_rerank.runs, "rerank_requests", interrupted)
-    assert _rerank(requests_file, out) == 130
+    monkeypatch.setattr(pipeline, "rerank_windowed", interrupted)
+    assert _rerank(requests_file, out, "--resume") == 130
     assert "interrupted" in capsys.readouterr().err
-    assert out.read_text() == "previous run\n"
+    assert out.read_text() == previous
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

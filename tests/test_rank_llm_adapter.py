@@ -38,7 +38,7 @@ def _windows_by_hand(target, request, window=20, stride=10):
 @pytest.mark.parametrize(("method", "budget"), [("gsd", 20), ("rsd", 20), ("greedy", 0)])
 def test_reranker_windows_equal_the_greedy_target(tiny_llama, long_request, tmp_path, method, budget):
     reranker = Reranker(RSDReranker(tiny_llama, method=method, budget=budget))
-    (result,) = reranker.rerank_batch([copy.deepcopy(long_request)], rank_end=100)
+    (result,) = reranker.rerank_batch([copy.deepcopy(long_request)], rank_end=100, populate_invocations_history=True)
     assert [c.docid for c in result.candidates] == _windows_by_hand(tiny_llama, long_request)
     assert len(result.invocations_history) == 2  # windows [10, 30) and [0, 20)
     usage = result.invocations_history[0].token_usage
@@ -61,7 +61,7 @@ def test_embedded_model_default_is_rsd_with_its_bundled_agent(smollm2, requests_
     )
     reranker = RSDReranker(smollm2, budget=2)
     assert reranker._decoding.method == "rsd"
-    (result,) = Reranker(reranker).rerank_batch([request], rank_end=20)
+    (result,) = Reranker(reranker).rerank_batch([request], rank_end=20, populate_invocations_history=True)
     assert sorted(c.docid for c in result.candidates) == sorted(c.docid for c in request.candidates)
     usage = result.invocations_history[0].token_usage
     assert usage["passes"] == 2 and usage["method"] == "rsd"
@@ -82,7 +82,9 @@ def test_the_ith_windows_of_every_request_are_decoded_together(tiny_llama, long_
     requests = [copy.deepcopy(long_request) for _ in range(3)]
     requests[1].candidates = requests[1].candidates[:25]
     requests[2].candidates = requests[2].candidates[:12]
-    batched = RSDReranker(tiny_llama, method="gsd", budget=3, batch_size=8).rerank_batch(requests, rank_end=100)
+    batched = RSDReranker(tiny_llama, method="gsd", budget=3, batch_size=8).rerank_batch(
+        requests, rank_end=100, populate_invocations_history=True
+    )
     alone = RSDReranker(tiny_llama, method="gsd", budget=3)
     for request, result in zip(requests, batched, strict=True):
         (single,) = alone.rerank_batch([copy.deepcopy(request)], rank_end=100)
