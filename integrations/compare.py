@@ -15,7 +15,7 @@ from tqdm import tqdm
 from rsd_rerank.integrations.measures import evaluate
 from rsd_rerank.methods import DecodingConfig, rank_many
 from rsd_rerank.metrics import similarity
-from rsd_rerank.prompt import PromptConfig, check_candidates, numeric_identifiers, request_prompt
+from rsd_rerank.prompt import PromptConfig, check_candidates, numeric_identifiers, request_prompts
 from rsd_rerank.runs import BatchConfig, batched_sessions
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
@@ -73,7 +73,7 @@ def compare(
     numeric = numeric_identifiers(prompt.template)
     for request in requests:
         check_candidates([str(c.docid) for c in request.candidates], numeric=numeric)
-    prompts = [request_prompt(target.tokenizer, r, prompt, target.max_positions) for r in requests]
+    prompts = request_prompts(target.tokenizer, requests, prompt, target.max_positions)
     records = []
     bar = tqdm(total=len(requests), desc="compare", unit="query")
     for group, session in batched_sessions(target, prompts, batching):

@@ -26,9 +26,12 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+
+from rsd_rerank.files import atomic_write
 
 __all__ = [
     "bm25",
@@ -62,17 +65,39 @@ def _runtime_has_vector_module() -> bool:
     return modules is None or "jdk.incubator.vector" in modules.group(1).split()
 
 
-def jvm_options(current: list[str], has_vector_module: bool) -> list[str]:
+# Lucene logs through java.util.logging; this configuration keeps its warnings but silences the
+# vectorization notice ("Java vector incubator module is not readable"), which asks for a module
+# that the bundled runtime lacks.
+_JAVA_LOGGING = """handlers = java.util.logging.ConsoleHandler
+.level = WARNING
+java.util.logging.ConsoleHandler.level = ALL
+java.util.logging.ConsoleHandler.formatter = java.util.logging.SimpleFormatter
+org.apache.lucene.internal.vectorization.level = SEVERE
+"""
+
+
+def _java_logging_file() -> Path:
+    path = Path(tempfile.gettempdir()) / "rsd-rerank-java-logging.properties"
+    if not path.exists() or path.read_text() != _JAVA_LOGGING:
+        atomic_write(path, _JAVA_LOGGING)
+    return path
+
+
+def jvm_options(current: list[str], has_vector_module: bool, quiet: bool = False) -> list[str]:
     """Pyserini's JVM options, fixed for this process.
 
     - ``--add-modules=jdk.incubator.vector`` goes when the runtime lacks the module (the JVM aborts).
     - ``-Xrs``: the JVM leaves SIGINT to Python, so Ctrl-C is a ``KeyboardInterrupt`` (exit 130,
       outputs whole) instead of a JVM crash.
     - ``-XX:ErrorFile``: a crash report, if any, goes to the temporary folder, not the working directory.
+    - ``quiet``: Lucene's vectorization notice is silenced (its other warnings stay).
     """
     options = [o for o in current if has_vector_module or o != _VECTOR_OPTION]
     error_file = f"-XX:ErrorFile={Path(tempfile.gettempdir()) / 'rsd-rerank-jvm-hs_err_pid%p.log'}"
-    return options + [o for o in ("-Xrs", error_file) if o not in options]
+    added = ["-Xrs", error_file]
+    if quiet and not any(o.startswith("-Djava.util.logging.config.file=") for o in options):
+        added.append(f"-Djava.util.logging.config.file={_java_logging_file()}")
+    return options + [o for o in added if o not in options]
 
 
 def _patch_jvm_options() -> None:
@@ -86,7 +111,9 @@ def _patch_jvm_options() -> None:
 
     def configure_classpath(*args, **kwargs):
         original(*args, **kwargs)
-        jnius_config.set_options(*jvm_options(list(jnius_config.get_options()), has_vector))
+        # Lucene's notices show where this process logs details (rsd-rerank -v), not otherwise.
+        quiet = not log.isEnabledFor(logging.INFO)
+        jnius_config.set_options(*jvm_options(list(jnius_config.get_options()), has_vector, quiet))
 
     configure_classpath._rsd_patched = True
     jvm.configure_classpath = configure_classpath
@@ -140,7 +167,10 @@ def lucene() -> tuple[ModuleType, ModuleType]:
     """``(pyserini.search.lucene, pyserini.index.lucene)``, importable with or without a network."""
     _java_home()
     _patch_jvm_options()
-    with _catalog_fallback():
+    with _catalog_fallback(), warnings.catch_warnings():
+        if not log.isEnabledFor(logging.INFO):
+            # Pyserini's sources hold invalid escapes ('\s'); Python warns as it compiles them (-v shows it).
+            warnings.simplefilter("ignore", SyntaxWarning)
         return importlib.import_module("pyserini.search.lucene"), importlib.import_module("pyserini.index.lucene")
 
 

@@ -39,6 +39,7 @@ from rsd_rerank.prompt import (
     quiet_stdout,
     ranking_text,
     template_path,
+    warn_context_cuts,
 )
 from rsd_rerank.runs import BatchConfig, WindowConfig, batched_sessions
 from rsd_rerank.targets import Target, load_target
@@ -97,12 +98,12 @@ class RSDReranker(ListwiseRankLLM):
                 f"window_size must be 1..{limit} (identifiers [A]..[Z]; a numeric template such as "
                 f"rank_zephyr_template.yaml takes any), got {window_size}"
             )
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
         self._target: Target = load_target(model, tokenizer, device=device, dtype=dtype)
         self._decoding = DecodingConfig(method, budget, agent)
         self._batching = BatchConfig(batch_size, max_batch_tokens)
         self._prompt_config = PromptConfig(template, max_passage_words, context_size)
+        self.passage_words: list[int | None] = []
+        """Words per passage of every window prompt made so far (``warn_context_cuts`` reports them)."""
         with quiet_stdout():  # RankLLM prints "Template validated successfully!" and more on construction
             super().__init__(
                 model=self._target.name,
@@ -120,6 +121,15 @@ class RSDReranker(ListwiseRankLLM):
     def create_prompt(self, result: Result, rank_start: int, rank_end: int) -> tuple[list[dict[str, str]], int]:
         """RankLLM's chat messages for the window, fitted to the context; and their token count."""
         window = result.candidates[rank_start:rank_end]
+        if not window:  # RankLLM renders an empty window too ("0 passages"); nothing is ever decoded from it
+            messages = self._inference_handler.generate_prompt(
+                result,
+                rank_start=rank_start,
+                rank_end=rank_end,
+                max_length=self._max_passage_words,
+                use_alpha=self._use_alpha,
+            )
+            return messages, len(chat_ids(self._target.tokenizer, messages))
         check_candidates([c.docid for c in window], numeric=self._numeric)
         prompt = build_prompt(
             self._target.tokenizer,
@@ -128,6 +138,7 @@ class RSDReranker(ListwiseRankLLM):
             self._prompt_config,
             self._target.max_positions,
         )
+        self.passage_words.append(prompt.passage_words)
         return prompt.messages, len(prompt.token_ids)
 
     def create_prompt_batched(
@@ -335,6 +346,15 @@ def rerank_windowed(
         batch_size=batching.batch_size,
         max_batch_tokens=batching.max_batch_tokens,
     )
+    try:
+        yield from _reranked_batches(reranker, requests, batching, windows)
+    finally:
+        warn_context_cuts(reranker.passage_words, prompt)
+
+
+def _reranked_batches(
+    reranker: RSDReranker, requests: Sequence[Request], batching: BatchConfig, windows: WindowConfig
+) -> Iterator[list[Reranked]]:
     for start in range(0, len(requests), batching.batch_size):
         chunk = list(requests[start : start + batching.batch_size])
         depth = max(len(r.candidates) for r in chunk) if windows.rerank_top is None else windows.rerank_top

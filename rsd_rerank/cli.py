@@ -271,6 +271,16 @@ def _run_requests(args: argparse.Namespace, windows: WindowConfig):
     return run_requests(hits, topics, contents_of, windows.rerank_top, args.keep_missing), hits
 
 
+def _cmd_rank_llm(args: argparse.Namespace) -> None:
+    from rsd_rerank.integrations.rank_llm_cli import run_rank_llm
+
+    if not args.rank_llm_args:
+        raise ValueError("give RankLLM's CLI arguments, e.g. rerank --model-path rsd:random-llama --requests-file F")
+    code = run_rank_llm(args.rank_llm_args, _decoding_config(args), args.device, args.dtype)
+    if code:
+        raise SystemExit(code)
+
+
 def _cmd_index(args: argparse.Namespace) -> None:
     from rsd_rerank.integrations import datasets
     from rsd_rerank.integrations.pyserini import index_corpus
@@ -486,6 +496,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip queries already complete in --output")
     p.set_defaults(func=_cmd_rerank)
 
+    p = sub.add_parser(
+        "rank-llm",
+        help="RankLLM's own CLI with --model-path rsd:TARGET running RSD (decoding options before its command)",
+    )
+    _add_decoding_options(p)
+    add_config_options(p, TargetConfig, ("device", "dtype"))
+    p.add_argument(
+        "rank_llm_args",
+        nargs=argparse.REMAINDER,
+        help="RankLLM CLI arguments, e.g. rerank --model-path rsd:random-llama --requests-file F --output-trec-file T",
+    )
+    p.set_defaults(func=_cmd_rank_llm)
+
     p = sub.add_parser("index", help="index a corpus flat with Pyserini (contents = title + text)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="ir_datasets id, e.g. beir/scifact")
@@ -586,11 +609,38 @@ def _guarded(args: argparse.Namespace) -> None:
         args.func(args)
 
 
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool):
+    """A first run prints what the user asked for: progress bars, results, this project's warnings.
+    Without ``-v``: no INFO lines from libraries (ir_datasets logs at INFO with its own handlers, so
+    only ``logging.disable`` reaches it), no transformers deprecation notices, no Pyserini
+    ``SyntaxWarning``s and no Lucene vectorization notice (``integrations.pyserini``)."""
+    if verbose:
+        yield
+        return
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    logging.disable(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category, module=r"(transformers|torch)(\.|$)")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+        hf_logging.set_verbosity(hf_level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        _guarded(args)
+        with _quiet_libraries(args.verbose):
+            _guarded(args)
     except (ValueError, RuntimeError, OSError) as err:
         # Bad input (ValueError) and the environment (a missing model, a full disk, no JVM) both reach
         # the user as one line; the traceback is for -v.

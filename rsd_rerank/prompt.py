@@ -40,6 +40,8 @@ __all__ = [
     "prompt_from_messages",
     "quiet_stdout",
     "request_prompt",
+    "request_prompts",
+    "warn_context_cuts",
     "ranking_layout",
     "ranking_text",
     "numeric_identifiers",
@@ -393,8 +395,36 @@ def build_prompt(
         # RankLLM's shrink rule: about 4 tokens per word per passage, at least one word a step.
         words = max(1, words - max(1, overflow // (k * 4)))
     if words < config.max_passage_words:
-        log.warning("passages cut to %d words each so that the prompt fits %d tokens", words, limit)
+        # INFO: a run of many prompts reports its cuts once (``warn_context_cuts``), not per prompt.
+        log.info("passages cut to %d words each so that the prompt fits %d tokens", words, limit)
     return replace(prompt, passage_words=words, truncated_passages=sum(n > words for n in full_words))
+
+
+def warn_context_cuts(passage_words: Sequence[int | None], config: PromptConfig) -> None:
+    """One warning for a run: in how many of its prompts the context forced passages below
+    ``config.max_passage_words`` words (``passage_words``: each prompt's ``Prompt.passage_words``)."""
+    cut = [w for w in passage_words if w is not None and w < config.max_passage_words]
+    if cut:
+        log.warning(
+            "passages were cut below %d words to fit the %d-token context in %d of %d prompts (down to %d words)",
+            config.max_passage_words,
+            config.context_size,
+            len(cut),
+            len(passage_words),
+            min(cut),
+        )
+
+
+def request_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[Any],
+    config: PromptConfig = PromptConfig(),
+    max_tokens: int | None = None,
+) -> list[Prompt]:
+    """``request_prompt`` for each request, with one warning for the context cuts of them all."""
+    prompts = [request_prompt(tokenizer, r, config, max_tokens) for r in requests]
+    warn_context_cuts([p.passage_words for p in prompts], config)
+    return prompts
 
 
 def request_prompt(

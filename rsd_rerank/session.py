@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, request_prompt
+from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, request_prompts, warn_context_cuts
 from rsd_rerank.targets import Target
 from rsd_rerank.tree import Block, Read, Trie
 
@@ -129,12 +129,14 @@ class TargetSession:
         docs: Sequence[Mapping[str, Any] | str],
         config: PromptConfig = PromptConfig(),
     ):
-        self._prefill(target, [build_prompt(target.tokenizer, query, docs, config, max_tokens=target.max_positions)])
+        prompt = build_prompt(target.tokenizer, query, docs, config, max_tokens=target.max_positions)
+        warn_context_cuts([prompt.passage_words], config)
+        self._prefill(target, [prompt])
 
     @classmethod
     def from_request(cls, target: Target, request: Any, config: PromptConfig = PromptConfig()) -> TargetSession:
         """A session on a RankLLM ``Request`` (its query text and its candidates' docs)."""
-        return cls.from_prompts(target, [request_prompt(target.tokenizer, request, config, target.max_positions)])
+        return cls.from_prompts(target, request_prompts(target.tokenizer, [request], config, target.max_positions))
 
     @classmethod
     def from_prompt(cls, target: Target, prompt: Prompt) -> TargetSession:

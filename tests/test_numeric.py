@@ -97,3 +97,32 @@ def test_smollm2_numeric_exactness_and_batched_windows_of_different_k(smollm2, q
     assert greedy == {0: alone[0].greedy_ranking(), 1: alone[1].greedy_ranking()}
     decoded = rank_many(batched, DecodingConfig("gsd", 20, None))
     assert [decoded[q].ranking for q in (0, 1)] == [greedy[0], greedy[1]]
+
+
+def test_100_candidates_in_numeric_windows_equal_the_greedy_windows(tiny_llama, requests_json):
+    from rank_llm.data import Candidate, Query, Request
+
+    from rsd_rerank.integrations.rank_llm import RSDReranker
+
+    docs = [c["doc"] for r in requests_json for c in r["candidates"]]
+    request = Request(
+        query=Query(text=requests_json[0]["query"]["text"], qid="q"),
+        candidates=[
+            Candidate(docid=f"d{i}", score=1.0, doc={"text": f"{docs[i % 40]['text']} ({i})"}) for i in range(100)
+        ],
+    )
+    reranker = RSDReranker(tiny_llama, prompt_template_path=NUMERIC_TEMPLATE, method="gsd", budget=20, batch_size=4)
+    (result,) = reranker.rerank_batch([request], rank_end=100, populate_invocations_history=True)
+    # RankLLM's windows by hand, bottom up, each ordered by the target's greedy ranking.
+    candidates, end = list(request.candidates), 100
+    while True:
+        start = max(end - 20, 0)
+        chunk = candidates[start:end]
+        session = TargetSession(tiny_llama, request.query.text, [c.doc for c in chunk], PromptConfig(NUMERIC_TEMPLATE))
+        candidates[start:end] = [chunk[i] for i in session.greedy_ranking()]
+        if start == 0:
+            break
+        end -= 10
+    assert [c.docid for c in result.candidates] == [c.docid for c in candidates]
+    responses = [inv.response for inv in result.invocations_history]
+    assert len(responses) == 9 and all(r.startswith("[") and "[20]" in r for r in responses)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from rsd_rerank.decoding import decode_many
 from rsd_rerank.files import replacing
-from rsd_rerank.prompt import PromptConfig, request_prompt
+from rsd_rerank.prompt import PromptConfig, request_prompts
 from rsd_rerank.proposers import ConsensusProposer
 from rsd_rerank.runs import BatchConfig
 from rsd_rerank.session import TargetSession
@@ -67,7 +67,7 @@ def _compute(target: Target, requests: list, prompt: PromptConfig, budget: int) 
     """The entries of ``requests``, computed in one batched session."""
     session = TargetSession.from_prompts(
         target,
-        [request_prompt(target.tokenizer, r, prompt, target.max_positions) for r in requests],
+        request_prompts(target.tokenizer, requests, prompt, target.max_positions),
     )
     targets = session.greedy_rankings()
     decoded = decode_many(session, dict.fromkeys(range(len(requests)), ConsensusProposer()), budget)

@@ -21,7 +21,7 @@ from rsd_rerank.agent import Agent, AgentConfig, AgentProposer, save_agent
 from rsd_rerank.decoding import decode_many
 from rsd_rerank.files import replacing
 from rsd_rerank.metrics import similarity
-from rsd_rerank.prompt import PromptConfig, request_prompt
+from rsd_rerank.prompt import PromptConfig, request_prompts
 from rsd_rerank.proposers import Round
 from rsd_rerank.runs import BatchConfig, batched_sessions
 from rsd_rerank.session import TargetSession
@@ -134,7 +134,7 @@ def _save(out: Path, agent: Agent, reference: Agent, optimizer, progress: dict) 
 
 def _sessions(target: Target, requests: list, prompt: PromptConfig, batching: BatchConfig) -> list[TargetSession]:
     """Batched sessions over ``requests``, in order (``batching`` decides the groups)."""
-    prompts = [request_prompt(target.tokenizer, r, prompt, target.max_positions) for r in requests]
+    prompts = request_prompts(target.tokenizer, requests, prompt, target.max_positions)
     return [session for _, session in batched_sessions(target, prompts, batching)]
 
 
