@@ -91,6 +91,32 @@ MUTANTS += (
 )
 
 
+BRUTE_FORCE = "tests/test_numeric.py::test_verification_rows_equal_the_brute_force_item_probabilities"
+MUTANTS += (
+    Mutant(
+        "branches-see-siblings",
+        "rsd_rerank/tree.py",
+        "                    allowed[s, at : at + k, lmax + at : lmax + at + k] = trie.ancestors.cpu()\n",
+        "                    allowed[s, at : at + k, lmax + at : lmax + at + k] = True\n",
+        (BRUTE_FORCE,),
+    ),
+    Mutant(
+        "branch-positions-off-by-one",
+        "rsd_rerank/tree.py",
+        "                    positions[s, at : at + k] = past + read.root + torch.tensor(trie.depth)\n",
+        "                    positions[s, at : at + k] = past + read.root + 1 + torch.tensor(trie.depth)\n",
+        (BRUTE_FORCE, "tests/test_numeric.py::test_every_method_reproduces_the_greedy_ranking_at_t_ge_k"),
+    ),
+    Mutant(
+        "history-kept-by-default",
+        "rsd_rerank/integrations/rank_llm.py",
+        '        populate = kwargs.get("populate_invocations_history", False)\n',
+        '        populate = kwargs.get("populate_invocations_history", True)\n',
+        ("tests/test_rank_llm_parity.py::test_history_is_off_by_default_and_scores_outside_the_range_are_rankllms",),
+    ),
+)
+
+
 def _copy_tree(dest: Path) -> None:
     """The package (with integrations/ where it is imported from) and the tests, as they are now."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
