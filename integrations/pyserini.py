@@ -65,21 +65,20 @@ def _runtime_has_vector_module() -> bool:
     return modules is None or "jdk.incubator.vector" in modules.group(1).split()
 
 
-# Lucene logs through java.util.logging; this configuration keeps its warnings but silences the
-# vectorization notice ("Java vector incubator module is not readable"), which asks for a module
-# that the bundled runtime lacks.
-_JAVA_LOGGING = """handlers = java.util.logging.ConsoleHandler
-.level = WARNING
-java.util.logging.ConsoleHandler.level = ALL
-java.util.logging.ConsoleHandler.formatter = java.util.logging.SimpleFormatter
-org.apache.lucene.internal.vectorization.level = SEVERE
-"""
+# Lucene logs through java.util.logging with Pyserini's configuration; ours is Pyserini's plus one line
+# that silences the vectorization notice ("Java vector incubator module is not readable"), which asks
+# for a module that the bundled runtime lacks. Lucene's other warnings stay.
+_LOGGING_OPTION = "-Djava.util.logging.config.file="
+_QUIET_VECTOR = "org.apache.lucene.internal.vectorization.VectorizationProvider.level = SEVERE\n"
 
 
-def _java_logging_file() -> Path:
+def _java_logging_file(base: str | None) -> Path:
+    """Pyserini's logging configuration (``base``, if readable) with the vectorization notice silenced."""
+    text = Path(base).read_text() if base and Path(base).is_file() else "handlers=java.util.logging.ConsoleHandler\n"
+    text = text.rstrip("\n") + "\n" + _QUIET_VECTOR
     path = Path(tempfile.gettempdir()) / "rsd-rerank-java-logging.properties"
-    if not path.exists() or path.read_text() != _JAVA_LOGGING:
-        atomic_write(path, _JAVA_LOGGING)
+    if not path.exists() or path.read_text() != text:
+        atomic_write(path, text)
     return path
 
 
@@ -93,11 +92,13 @@ def jvm_options(current: list[str], has_vector_module: bool, quiet: bool = False
     - ``quiet``: Lucene's vectorization notice is silenced (its other warnings stay).
     """
     options = [o for o in current if has_vector_module or o != _VECTOR_OPTION]
+    if quiet:
+        base = next((o[len(_LOGGING_OPTION) :] for o in options if o.startswith(_LOGGING_OPTION)), None)
+        ours = f"{_LOGGING_OPTION}{_java_logging_file(base)}"
+        if base != ours[len(_LOGGING_OPTION) :]:
+            options = [o for o in options if not o.startswith(_LOGGING_OPTION)] + [ours]
     error_file = f"-XX:ErrorFile={Path(tempfile.gettempdir()) / 'rsd-rerank-jvm-hs_err_pid%p.log'}"
-    added = ["-Xrs", error_file]
-    if quiet and not any(o.startswith("-Djava.util.logging.config.file=") for o in options):
-        added.append(f"-Djava.util.logging.config.file={_java_logging_file()}")
-    return options + [o for o in added if o not in options]
+    return options + [o for o in ("-Xrs", error_file) if o not in options]
 
 
 def _patch_jvm_options() -> None:

@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -297,7 +298,7 @@ def test_ctrl_c_exits_130_with_outputs_whole(tmp_path, requests_file, monkeypatc
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_the_jvm_leaves_ctrl_c_to_python_and_writes_no_crash_report_here():
+def test_the_jvm_leaves_ctrl_c_to_python_and_writes_no_crash_report_here(tmp_path):
     from rsd_rerank.integrations.pyserini import jvm_options
 
     options = jvm_options(["-Xmx4g", "--add-modules=jdk.incubator.vector"], has_vector_module=False)
@@ -306,6 +307,14 @@ def test_the_jvm_leaves_ctrl_c_to_python_and_writes_no_crash_report_here():
     (error_file,) = [o for o in options if o.startswith("-XX:ErrorFile=")]
     assert not error_file.removeprefix("-XX:ErrorFile=").startswith(os.getcwd())
     assert jvm_options(options, has_vector_module=False) == options  # idempotent
+    # quiet: Pyserini's logging configuration, plus the line that silences Lucene's vector notice
+    base = tmp_path / "logging.properties"
+    base.write_text("handlers=java.util.logging.ConsoleHandler\n.level=WARNING\n")
+    quiet = jvm_options(["-Xmx4g", f"-Djava.util.logging.config.file={base}"], has_vector_module=False, quiet=True)
+    (logging_option,) = [o for o in quiet if o.startswith("-Djava.util.logging.config.file=")]
+    text = Path(logging_option.split("=", 1)[1]).read_text()
+    assert text.startswith(base.read_text()) and "vectorization.VectorizationProvider.level = SEVERE" in text
+    assert jvm_options(quiet, has_vector_module=False, quiet=True) == quiet
 
 
 # 14. qrels not available offline

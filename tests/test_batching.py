@@ -190,8 +190,9 @@ def test_device_and_dtype_errors_name_the_option_and_touch_nothing(tmp_path, req
     requests = tmp_path / "r.jsonl"
     requests.write_text("".join(json.dumps(r) + "\n" for r in requests_json))
     out = tmp_path / "run.trec"
-    out.write_text("previous run\n")
-    base = ["rerank", "--model", "random-llama", "--requests", str(requests), "--output", str(out)]
+    previous = "other Q0 d1 1 1 rsd-rerank.rsd5\n"
+    out.write_text(previous)
+    base = ["rerank", "--model", "random-llama", "--requests", str(requests), "--output", str(out), "--resume"]
     if not torch.cuda.is_available():
         assert main([*base, "--device", "cuda"]) == 2
         assert "--device cuda: CUDA is not available" in capsys.readouterr().err
@@ -199,7 +200,7 @@ def test_device_and_dtype_errors_name_the_option_and_touch_nothing(tmp_path, req
     assert "--device 'tpu'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: not a choice
         main([*base, "--dtype", "float64"])
-    assert out.read_text() == "previous run\n"
+    assert out.read_text() == previous
 
 
 def test_out_of_memory_is_one_line_naming_the_batch_options(tmp_path, requests_json, capsys, monkeypatch):

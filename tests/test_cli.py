@@ -1,6 +1,9 @@
 """`rsd-rerank rerank`: request JSONL in, TREC run out, clear errors, nothing lost on failure."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +196,21 @@ def test_trec_runs_are_written_by_one_function_and_read_by_another(tmp_path):
     with pytest.raises(ValueError, match="docid 'd 1' is empty or holds whitespace"):
         write_run(tmp_path / "x.trec", {"q": [("d 1", 1.0)]}, "tag")
     assert not (tmp_path / "x.trec").exists()
+
+
+INDEX = Path(__file__).resolve().parent.parent / "indexes" / "beir-scifact"
+
+
+@pytest.mark.skipif(not INDEX.is_dir(), reason="needs indexes/beir-scifact (bash scripts/setup.sh)")
+def test_the_main_job_prints_only_the_warnings_it_means(tmp_path):
+    # The README's first command, on one query, in a fresh process (Pyserini's sources compile there).
+    argv = ["compare", "--index", str(INDEX), "--dataset", "beir/scifact/test", "--queries", "1"]
+    argv += ["--methods", "std", "--budgets", "5", "--out", str(tmp_path / "main")]
+    quiet = subprocess.run([sys.executable, "-m", "rsd_rerank.cli", *argv], capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    # Progress bars stay (they redraw with \r); every other line is one of the project's own warnings.
+    lines = [line for line in quiet.stderr.replace("\r", "\n").splitlines() if line.strip() and "|" not in line]
+    assert all(line.startswith("WARNING passages were cut below 300 words") for line in lines), lines
+    assert len(lines) <= 1
+    verbose = subprocess.run([sys.executable, "-m", "rsd_rerank.cli", "-v", *argv], capture_output=True, text=True)
+    assert verbose.returncode == 0 and "vector incubator module" in verbose.stderr

@@ -9,6 +9,7 @@ from rsd_rerank.prompt import (
     check_candidates,
     ranking_layout,
     ranking_text,
+    warn_context_cuts,
 )
 
 
@@ -72,11 +73,16 @@ def test_prompt_is_rankllms_with_chat_template(smollm2, query_docs):
 
 def test_long_passages_shrink_to_fit_the_context(smollm2, caplog):
     docs = [" ".join(f"word{i}x{j}" for j in range(400)) for i in range(20)]
+    config = PromptConfig(context_size=2000)
     with caplog.at_level(logging.WARNING):
-        prompt = build_prompt(smollm2.tokenizer, "q", docs, PromptConfig(context_size=2000))
+        prompt = build_prompt(smollm2.tokenizer, "q", docs, config)
     assert len(prompt.token_ids) + len(prompt.layout.tokens(range(20))) <= 2000
     assert prompt.passage_words < 300 and prompt.truncated_passages == 20
-    assert "passages cut to" in caplog.text
+    assert caplog.text == ""  # one prompt of many: a run reports its cuts once
+    with caplog.at_level(logging.WARNING):
+        warn_context_cuts([prompt.passage_words, 300, prompt.passage_words], config)
+    assert caplog.text.count("WARNING") == 1
+    assert f"in 2 of 3 prompts (down to {prompt.passage_words} words)" in caplog.text
 
 
 def test_max_passage_words_cuts_each_passage(smollm2):
