@@ -41,7 +41,7 @@ import torch
 from rsd_rerank.files import atomic_write
 from rsd_rerank.methods import DecodingConfig, rank_many
 from rsd_rerank.metrics import kendall_tau
-from rsd_rerank.prompt import Prompt, RankingLayout
+from rsd_rerank.prompt import DEFAULT_TEMPLATE, Prompt, RankingLayout
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, load_target, resolve_device, resolve_dtype
 
@@ -83,13 +83,13 @@ def prepare(args: argparse.Namespace) -> None:
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(), local_files_only=True)
     topics = dict(list(datasets.queries("beir/scifact/test").items())[: args.queries])
     runs = bm25(args.index, topics, args.k)
-    config = PromptConfig(max_passage_words=args.words)
+    config = PromptConfig(template=args.template, max_passage_words=args.words)
     prompts = []
     for r in request_dicts(args.index, runs, topics, args.k):
         if len(r["candidates"]) < args.k:
             continue
         p = build_prompt(tokenizer, r["query"]["text"], [c["doc"] for c in r["candidates"]], config)
-        prompts.append({"qid": r["query"]["qid"], "token_ids": p.token_ids, "layout": p.layout.__dict__})
+        prompts.append({"qid": r["query"]["qid"], "token_ids": p.token_ids, "layout": p.layout.to_json()})
     shutil.rmtree(out / "tokenizer", ignore_errors=True)
     tokenizer.save_pretrained(out / "tokenizer")
     atomic_write(out / "prompts.json", json.dumps({"k": args.k, "words": args.words, "prompts": prompts}) + "\n")
@@ -102,10 +102,7 @@ def load_bundle(path: Path) -> tuple[object, list[Prompt]]:
 
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     data = json.loads((path / "prompts.json").read_text())
-    prompts = [
-        Prompt([], p["token_ids"], RankingLayout(**{k: tuple(v) for k, v in p["layout"].items()}))
-        for p in data["prompts"]
-    ]
+    prompts = [Prompt([], p["token_ids"], RankingLayout.from_json(p["layout"])) for p in data["prompts"]]
     return tokenizer, prompts
 
 
@@ -356,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=64)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--words", type=int, default=60, help="words per passage (60: prompts of about 2k tokens)")
+    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="RankLLM template (rank_zephyr_template.yaml: numbers)")
     p = sub.add_parser("run", help="measure")
     p.add_argument("--bundle", default="runs/bench")
     p.add_argument("--model", default="smollm2", help=f"smollm2, random-llama, a local model, or {', '.join(SHAPES)}")

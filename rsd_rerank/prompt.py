@@ -115,6 +115,28 @@ class RankingLayout:
         assert self.single_token
         return tuple(p[0] for p in self.later_pieces)
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (``from_json`` reads it back): a prompt bundle carried to another machine."""
+        return {
+            "head": list(self.head),
+            "first_pieces": [list(p) for p in self.first_pieces],
+            "sep": list(self.sep),
+            "later_pieces": [list(p) for p in self.later_pieces],
+            "tail": list(self.tail),
+            "numeric": self.numeric,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RankingLayout:
+        return cls(
+            head=tuple(data["head"]),
+            first_pieces=tuple(tuple(p) for p in data["first_pieces"]),
+            sep=tuple(data["sep"]),
+            later_pieces=tuple(tuple(p) for p in data["later_pieces"]),
+            tail=tuple(data["tail"]),
+            numeric=bool(data["numeric"]),
+        )
+
     def piece(self, slot: int, item: int) -> tuple[int, ...]:
         """The tokens that name ``item`` at ``slot``."""
         return (self.first_pieces if slot == 0 else self.later_pieces)[item]
@@ -406,9 +428,9 @@ def warn_context_cuts(passage_words: Sequence[int | None], config: PromptConfig)
     cut = [w for w in passage_words if w is not None and w < config.max_passage_words]
     if cut:
         log.warning(
-            "passages were cut below %d words to fit the %d-token context in %d of %d prompts (down to %d words)",
+            "passages were cut below %d words to fit the context (--context-size, or the model's positions) "
+            "in %d of %d prompts (down to %d words)",
             config.max_passage_words,
-            config.context_size,
             len(cut),
             len(passage_words),
             min(cut),
