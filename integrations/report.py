@@ -10,7 +10,7 @@ from rsd_rerank.files import atomic_write, replacing
 from rsd_rerank.methods import BUDGETED
 from rsd_rerank.metrics import MEASURES
 
-__all__ = ["markdown_table", "plot", "write_comparison"]
+__all__ = ["figure", "markdown_table", "plot", "write_comparison"]
 
 
 def _measure_text(name: str, value: float) -> str:
@@ -49,8 +49,18 @@ def _label(r: dict) -> str:
 
 
 def plot(rows: list[dict], path: str | os.PathLike) -> None:
-    """Budget vs KT and budget vs decode seconds (PNG); unbudgeted methods as horizontal lines. With a
-    single budget a budget axis would be one point wide: then bars, one per method."""
+    """``figure(rows)`` as a PNG at ``path``, written atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def figure(rows: list[dict]):
+    """Budget vs KT and budget vs decode seconds; unbudgeted methods as horizontal lines. With a single
+    budget a budget axis would be one point wide: then bars, one per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,10 +78,7 @@ def plot(rows: list[dict], path: str | os.PathLike) -> None:
         for ax in (ax_kt, ax_s):
             ax.tick_params(axis="x", labelrotation=45)
         fig.tight_layout()
-        with replacing(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-        plt.close(fig)
-        return
+        return fig
     budgeted = [r for r in rows if r["method"] in BUDGETED]
     for method in dict.fromkeys(r["method"] for r in budgeted):
         pts = sorted((r["T"], r["KT"], r["decode_seconds"]["median"]) for r in budgeted if r["method"] == method)
@@ -91,9 +98,7 @@ def plot(rows: list[dict], path: str | os.PathLike) -> None:
     ax_s.set(xlabel="budget T (LLM passes)", ylabel="decode seconds per query (median)")
     ax_kt.legend(fontsize=8)
     fig.tight_layout()
-    with replacing(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    return fig
 
 
 def write_comparison(stem: str | os.PathLike, meta: dict, rows: list[dict], records: list[dict]) -> str:

@@ -214,3 +214,21 @@ def test_the_main_job_prints_only_the_warnings_it_means(tmp_path):
     assert len(lines) <= 1
     verbose = subprocess.run([sys.executable, "-m", "rsd_rerank.cli", "-v", *argv], capture_output=True, text=True)
     assert verbose.returncode == 0 and "vector incubator module" in verbose.stderr
+
+
+def test_measures_are_parsed_by_ir_measures(capsys):
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "retrieve",
+                "--index",
+                "x",
+                "--dataset",
+                "beir/scifact/test",
+                "--output",
+                "o",
+                "--measures",
+                "nDCG@10 Bogus@3",
+            ]
+        )
+    assert "'Bogus@3' is not an ir_measures measure" in capsys.readouterr().err

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from rsd_rerank.integrations.compare import compare, summarise
-from rsd_rerank.integrations.measures import evaluate
+from rsd_rerank.integrations.measures import evaluate, parse_measures
 from rsd_rerank.integrations.pipeline import pipeline
-from rsd_rerank.integrations.report import write_comparison
+from rsd_rerank.integrations.report import figure, write_comparison
 from rsd_rerank.methods import DecodingConfig
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import read_requests
@@ -113,6 +113,13 @@ def test_compare_table(tiny_llama, requests_json, tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         compare(tiny_llama, requests, None, ["beam"], [1], PromptConfig())
 
+    # Two budgets: a budget axis with a line per budgeted method. One budget: bars, one per method.
+    ax_kt, _ = figure(rows).axes
+    assert [line.get_label() for line in ax_kt.lines][:1] == ["gsd"] and not ax_kt.patches
+    one = summarise(compare(tiny_llama, requests, None, ["std", "gsd", "greedy"], [5], PromptConfig()), None)
+    ax_kt, _ = figure(one).axes
+    assert [t.get_text() for t in ax_kt.get_xticklabels()] == ["std", "gsd@5", "greedy"] and len(ax_kt.patches) == 3
+
 
 def test_pipeline_resume_checks_what_it_resumes(tiny_llama, collection, tmp_path, caplog):
     from rsd_rerank.runs import read_run, write_run
@@ -130,8 +137,12 @@ def test_pipeline_resume_checks_what_it_resumes(tiny_llama, collection, tmp_path
     # a query cut short (by hand, or another tool) is reranked again; another query outside the topics stays
     run = read_run(out)
     write_run(out, {"q1": run.hits["q1"][:4], "q2": run.hits["q2"], "q9": [("d1", 1.0)]}, "rsd-rerank.gsd2")
-    result = pipeline(*args, DecodingConfig("gsd", 2), PromptConfig(), hits=15, rerank_top=8, resume=True)
+    measures = parse_measures("AP P@5")  # --measures, in ir_measures syntax
+    result = pipeline(
+        *args, DecodingConfig("gsd", 2), PromptConfig(), hits=15, rerank_top=8, resume=True, measures=measures
+    )
     assert result.reranked == 1 and "incomplete" in caplog.text
+    assert list(result.metrics["BM25"]) == list(result.metrics["rsd-rerank.gsd2"]) == ["AP", "P@5"]
     again = read_run(out)
     assert again.hits["q1"] == read_run_text(whole)["q1"] and "q9" in again.hits
     # a malformed line: an error naming it, before any work
