@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -25,7 +25,18 @@ from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import BatchConfig, Hits, WindowConfig, rank_scores, read_run, write_run
 from rsd_rerank.targets import Target
 
-__all__ = ["PipelineResult", "candidate_requests", "kept_in_place", "pipeline", "rerank_into_run", "resumable"]
+if TYPE_CHECKING:
+    from rsd_rerank.integrations.scale import Workers
+
+__all__ = [
+    "PipelineResult",
+    "candidate_requests",
+    "kept_in_place",
+    "pipeline",
+    "rerank_into_run",
+    "reranked_batches",
+    "resumable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +158,23 @@ def kept_in_place(reranked: list[str], top: list[str], fixed: set[str]) -> list[
     return [d if d in fixed else next(others) for d in top]
 
 
+def reranked_batches(
+    engine: Target | Workers,
+    requests: list,
+    decoding: DecodingConfig,
+    prompt: PromptConfig,
+    batching: BatchConfig,
+    windows: WindowConfig,
+) -> Iterator[list[Reranked]]:
+    """``rerank_windowed`` in this process (``engine`` a loaded target) or over Ray actors (``Workers``):
+    the same batches in the same order either way."""
+    if isinstance(engine, Target):
+        return rerank_windowed(engine, requests, decoding, prompt, batching, windows)
+    return engine.rerank(requests, decoding, prompt, batching, windows)
+
+
 def rerank_into_run(
-    target: Target,
+    engine: Target | Workers,
     requests: list,
     hits: dict[str, Hits],
     output: Path,
@@ -176,7 +202,7 @@ def rerank_into_run(
         return {**{q: h for q, h in run.items() if q not in hits}, **{q: run[q] for q in hits if q in run}}
 
     with tqdm(total=len(requests), desc=tag, unit="query", file=sys.stderr) as bar:
-        for batch in rerank_windowed(target, requests, decoding, prompt, batching, windows):
+        for batch in reranked_batches(engine, requests, decoding, prompt, batching, windows):
             for r in batch:
                 docids = [d for d, _ in hits[r.qid]]
                 depth = top_of[r.qid]
@@ -194,7 +220,7 @@ def rerank_into_run(
 
 
 def pipeline(
-    target: Target,
+    engine: Target | Workers,
     index: str | os.PathLike,
     topics: dict[str, str],
     qrels: list | None,
@@ -209,6 +235,8 @@ def pipeline(
     measures: Sequence[Any] | None = None,
 ) -> PipelineResult:
     """Retrieve, rerank the top ``rerank_top`` of each query, write the run after every batch of queries.
+
+    ``engine``: the loaded target, or ``Workers`` (Ray actors) that rerank the same batches.
 
     The run keeps all ``hits`` per query: the reranked top k, then BM25's order below it. Lists
     longer than ``windows.window_size`` are ranked with RankLLM's sliding windows.
@@ -233,7 +261,7 @@ def pipeline(
     todo = {q: t for q, t in topics.items() if q not in done}
     runs, requests = candidate_requests(index, todo, hits, rerank_top) if todo else ({}, [])
     windows = replace(windows, rerank_top=rerank_top)
-    run = rerank_into_run(target, requests, runs, output, decoding, prompt, batching, windows, done)
+    run = rerank_into_run(engine, requests, runs, output, decoding, prompt, batching, windows, done)
     metrics, unjudged = None, []
     evaluated = evaluate(qrels, {qid: dict(found) for qid, found in run.items()}, measures)
     if evaluated is not None:

@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rsd_rerank.agent import K_TIED, NETWORKS, AgentConfig
+from rsd_rerank.integrations.scale import ScaleConfig
 from rsd_rerank.methods import BUDGETED, METHODS, DecodingConfig
 from rsd_rerank.metrics import MEASURES
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import BatchConfig, WindowConfig
-from rsd_rerank.targets import DTYPES, TargetConfig
+from rsd_rerank.targets import DTYPES, Target, TargetConfig
 from rsd_rerank.training.rpo import ADVANTAGES
 from rsd_rerank.training.trainer import TrainConfig
 
@@ -34,6 +35,7 @@ TARGET_FIELDS = ("model", "device", "dtype", "device_map")
 PROMPT_FIELDS = ("template", "max_passage_words", "context_size")
 BATCH_FIELDS = ("batch_size", "max_batch_tokens")
 WINDOW_FIELDS = ("rerank_top", "window_size", "stride")
+SCALE_FIELDS = ("workers", "ray_address")
 DECODING_FIELDS = ("method", "budget", "agent")
 AGENT_FIELDS = ("network", "temperature", "hidden", "layers", "heads")
 TRAIN_FIELDS = (
@@ -59,6 +61,7 @@ MINIMUM = {
     "rerank_top": 1,
     "window_size": 1,
     "stride": 1,
+    "workers": 1,
     "budget": 0,
     "group": 1,
     "stage1_epochs": 0,
@@ -152,6 +155,30 @@ def _load_target(args: argparse.Namespace):
     return load_target(config.model, device=config.device, dtype=config.dtype, device_map=config.device_map)
 
 
+def _add_scale_options(p: argparse.ArgumentParser) -> None:
+    add_config_options(p, ScaleConfig, SCALE_FIELDS)
+
+
+@contextlib.contextmanager
+def _workers(args: argparse.Namespace):
+    """Ray actors that each load the target (``--workers`` > 1 or ``--ray-address``), or None: this process."""
+    scale = config_from(ScaleConfig, args, SCALE_FIELDS)
+    if scale.workers == 1 and scale.ray_address is None:
+        yield None
+        return
+    from rsd_rerank.integrations.scale import Workers, ray_cluster
+
+    with ray_cluster(scale):
+        yield Workers(config_from(TargetConfig, args, TARGET_FIELDS), scale)
+
+
+@contextlib.contextmanager
+def _engine(args: argparse.Namespace):
+    """What reranks: the target loaded here, or Ray actors (``_workers``)."""
+    with _workers(args) as workers:
+        yield workers if workers is not None else _load_target(args)
+
+
 def _batch_config(args: argparse.Namespace) -> BatchConfig:
     return config_from(BatchConfig, args, BATCH_FIELDS)
 
@@ -229,20 +256,20 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
         raise ValueError(f"{output} exists; pass --resume to continue it or choose another --output")
     done = resumable(output, decoding.run_tag, {q: len(h) for q, h in hits.items()}) if output.exists() else {}
     todo = [r for r in made.requests if str(r.query.qid) not in done]
-    target = _load_target(args)
-    run = rerank_into_run(
-        target,
-        todo,
-        hits,
-        output,
-        decoding,
-        prompt,
-        _batch_config(args),
-        windows,
-        {**made.as_is, **done},
-        made.fixed,
-        on_batch=_print_reranked,
-    )
+    with _engine(args) as engine:
+        run = rerank_into_run(
+            engine,
+            todo,
+            hits,
+            output,
+            decoding,
+            prompt,
+            _batch_config(args),
+            windows,
+            {**made.as_is, **done},
+            made.fixed,
+            on_batch=_print_reranked,
+        )
     lines = sum(len(h) for h in run.values())
     print(f"wrote {lines} lines for {len(run)} queries to {output} ({len(todo)} reranked now, {len(done)} resumed)")
 
@@ -346,21 +373,22 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 
     decoding = _decoding_config(args)
     topics, judged = _topics_and_qrels(args)
-    result = pipeline(
-        _load_target(args),
-        args.index,
-        topics,
-        judged,
-        args.output,
-        decoding,
-        _prompt_config(args),
-        hits=args.hits,
-        rerank_top=args.rerank_top,
-        resume=args.resume,
-        batching=_batch_config(args),
-        windows=config_from(WindowConfig, args, WINDOW_FIELDS[1:]),
-        measures=_measures_of(args),
-    )
+    with _engine(args) as engine:
+        result = pipeline(
+            engine,
+            args.index,
+            topics,
+            judged,
+            args.output,
+            decoding,
+            _prompt_config(args),
+            hits=args.hits,
+            rerank_top=args.rerank_top,
+            resume=args.resume,
+            batching=_batch_config(args),
+            windows=config_from(WindowConfig, args, WINDOW_FIELDS[1:]),
+            measures=_measures_of(args),
+        )
     print(f"reranked {result.reranked} queries ({result.resumed} already in {args.output}); run in {args.output}")
     if result.metrics is None:
         print("no qrels for these topics: no metrics")
@@ -388,13 +416,15 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         raise ValueError(f"--methods {args.methods!r} names no method")
     if args.agent is not None and "rsd" not in methods:
         log.warning("--agent is ignored: --methods has no rsd")
-    target = _load_target(args)
-    records = compare(
-        target, requests, judged, methods, args.budgets, _prompt_config(args), args.agent, _batch_config(args)
-    )
+    settings = (methods, args.budgets, _prompt_config(args), args.agent, _batch_config(args))
+    with _engine(args) as engine:
+        if isinstance(engine, Target):
+            records, name = compare(engine, requests, judged, *settings), engine.name
+        else:  # Ray actors: the same chunks, records in request order
+            records, name = engine.compare(requests, *settings), config_from(TargetConfig, args, TARGET_FIELDS).model
     rows = summarise(records, judged, _measures_of(args))
     meta = {
-        "target": target.name,
+        "target": name,
         "queries": len(requests),
         "methods": methods,
         "budgets": args.budgets,
@@ -457,15 +487,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise ValueError(f"the {args.network!r} network is tied to one list length; the requests have {ks}")
     agent = config_from(AgentConfig, args, AGENT_FIELDS, k=ks[0] if tied else None)
     config = config_from(TrainConfig, args, TRAIN_FIELDS, agent=agent, prompt=_prompt_config(args))
-    agent = train(
-        _load_target(args),
-        requests,
-        args.out,
-        config,
-        resume=args.resume,
-        batching=_batch_config(args),
-        overwrite=args.overwrite,
-    )
+    with _workers(args) as workers:
+        agent = train(
+            _load_target(args),
+            requests,
+            args.out,
+            config,
+            resume=args.resume,
+            batching=_batch_config(args),
+            overwrite=args.overwrite,
+            precompute=None if workers is None else workers.cache,
+        )
     for budget, m in agent.metadata["validation"].items():
         print(f"validation {budget}: " + " ".join(f"{name} {m[name]:.4f}" for name in MEASURES))
     print(f"wrote agent to {args.out}")
@@ -477,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("rerank", help="rerank RankLLM requests, or any retriever's TREC run, into a TREC run")
     _add_model_options(p)
+    _add_scale_options(p)
     _add_decoding_options(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--requests", help="RankLLM requests: JSONL (one per line) or a .json array")
@@ -529,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="BM25 → rerank the top k → TREC run → metrics next to BM25's")
     _add_model_options(p)
+    _add_scale_options(p)
     _add_decoding_options(p)
     p.add_argument("--index", required=True, help="Lucene index (rsd-rerank index)")
     _add_topic_options(p)
@@ -544,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="every decoder on the same candidate lists: fidelity, nDCG@10, seconds")
     _add_model_options(p)
+    _add_scale_options(p)
     p.add_argument("--requests", help="RankLLM request JSONL (instead of --index + --dataset)")
     p.add_argument("--index", help="Lucene index for BM25 candidates")
     _add_topic_options(p, required=False)
@@ -557,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an RSD agent against a target LLM (Stage I + RPO)")
     _add_model_options(p)
+    _add_scale_options(p)
     p.add_argument("--requests", required=True, help="training requests (RankLLM JSONL); never the test queries")
     p.add_argument("--out", required=True, help="checkpoint folder (agent.json, model.safetensors, train_state.pt)")
     add_config_options(p, AgentConfig, AGENT_FIELDS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -146,6 +147,7 @@ def train(
     resume: bool = False,
     batching: BatchConfig = BatchConfig(),
     overwrite: bool = False,
+    precompute: Callable[[list, PromptConfig, int, BatchConfig], None] | None = None,
 ) -> Agent:
     """Train an agent on ``requests`` (RankLLM requests of equal K) and write it to ``out``.
 
@@ -153,6 +155,8 @@ def train(
     ``out/stage1`` and ``train_state.pt``, from which ``resume=True`` continues after a kill.
     ``batching`` groups queries into one session for the target cache, validation and RPO rollouts
     (rollouts never span an Adam step, so every trajectory is sampled from the current policy).
+    ``precompute(requests, prompt, budget, batching)``, if given, fills the target cache first (e.g.
+    Ray workers, ``rsd_rerank.integrations.scale``); the cache then only reads what it wrote.
 
     Raises:
         ValueError: too few requests for the validation split, lists of unequal length for a K-tied
@@ -182,6 +186,8 @@ def train(
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(requests))
     val_idx, train_idx = order[: config.val_queries], order[config.val_queries :]
+    if precompute is not None:
+        precompute(requests, config.prompt, config.budget, batching)
     # Aligned with the requests by position: qids may repeat (e.g. one query's several windows).
     cached = cached_queries(target, requests, config.prompt, config.budget, batching=batching)
     train_req, train_q = [requests[i] for i in train_idx], [cached[i] for i in train_idx]
