@@ -59,10 +59,19 @@ def ray_cluster(scale: ScaleConfig) -> Iterator[None]:
             "--workers needs Ray: pip install 'rsd-rerank[ray]' (bash scripts/setup.sh installs it)"
         ) from err
     if not log.isEnabledFor(logging.INFO):
-        # Ray's C++ core logs notices to stderr (e.g. on actor restarts); -v keeps them.
+        # Ray's C++ core logs notices to stderr (e.g. on actor restarts), and Ray Data says that its
+        # progress bars are off (the commands draw their own); -v keeps both.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     if scale.ray_address:
-        ray.init(address=scale.ray_address, log_to_driver=False)
+        try:
+            ray.init(address=scale.ray_address, log_to_driver=False)
+        except ConnectionError as err:
+            raise RuntimeError(
+                f"cannot join the Ray cluster at {scale.ray_address} ({err}); a cluster started with `ray start` "
+                "uses token authentication: set RAY_AUTH_MODE=token here (the token is read from "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            ) from err
     else:
         # Logical CPUs, not cores: an actor takes one, and Ray's own work needs room beside them.
         ray.init(num_cpus=2 * scale.workers, include_dashboard=False, log_to_driver=False)
