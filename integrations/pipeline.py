@@ -65,12 +65,13 @@ class PipelineResult:
     unjudged: list[str]
 
 
-def resumable(output: Path, tag: str, expected: dict[str, int]) -> dict[str, Hits]:
+def resumable(output: Path, tag: str, expected: Callable[[set[str]], dict[str, int]]) -> dict[str, Hits]:
     """The queries of an existing run that ``--resume`` may keep: checked before any work starts.
 
-    A query is kept when it has ``expected[qid]`` hits (a killed write never leaves half a query, but
-    a run cut by hand or by another tool may: the others are reranked again); queries outside
-    ``expected`` are kept as they are, since rewriting the run must not lose them.
+    ``expected(qids)`` gives the number of hits each of the run's queries should have (called once
+    the run's tag is checked). A query is kept when it has that many (a killed write never leaves
+    half a query, but a run cut by hand or by another tool may: the others are reranked again);
+    queries without an expected count are kept as they are, since rewriting the run must not lose them.
 
     Raises:
         ValueError: a malformed line (named by ``read_run``), or a run of another method or budget.
@@ -81,7 +82,8 @@ def resumable(output: Path, tag: str, expected: dict[str, int]) -> dict[str, Hit
             f"{output} is a run of {', '.join(sorted(run.tags))}, not {tag}: --resume continues the same "
             "method and budget; choose another --output"
         )
-    done = {q: h for q, h in run.hits.items() if q not in expected or len(h) == expected[q]}
+    counts = expected(set(run.hits))
+    done = {q: h for q, h in run.hits.items() if q not in counts or len(h) == counts[q]}
     short = sorted(set(run.hits) - set(done))
     if short:
         log.warning(
@@ -253,11 +255,12 @@ def pipeline(
     if output.exists() and not resume:
         raise ValueError(f"{output} exists; pass --resume to continue it or choose another --output")
     tag = decoding.run_tag
-    done = {}
-    if output.exists():
-        previous = read_run(output).hits
-        found = bm25(index, {q: topics[q] for q in previous if q in topics}, hits) if previous else {}
-        done = resumable(output, tag, {q: len(h) for q, h in found.items()})
+
+    def bm25_counts(qids: set[str]) -> dict[str, int]:
+        found = bm25(index, {q: topics[q] for q in qids if q in topics}, hits) if qids else {}
+        return {q: len(h) for q, h in found.items()}
+
+    done = resumable(output, tag, bm25_counts) if output.exists() else {}
     todo = {q: t for q, t in topics.items() if q not in done}
     runs, requests = candidate_requests(index, todo, hits, rerank_top) if todo else ({}, [])
     windows = replace(windows, rerank_top=rerank_top)

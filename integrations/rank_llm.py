@@ -41,7 +41,7 @@ from rsd_rerank.prompt import (
     template_path,
     warn_context_cuts,
 )
-from rsd_rerank.runs import BatchConfig, WindowConfig, batched_sessions
+from rsd_rerank.runs import BatchConfig, WindowConfig, batched_sessions, request_chunks
 from rsd_rerank.targets import Target, load_target
 
 __all__ = ["RSDReranker", "Reranked", "rerank_windowed"]
@@ -347,23 +347,16 @@ def rerank_windowed(
         max_batch_tokens=batching.max_batch_tokens,
     )
     try:
-        yield from _reranked_batches(reranker, requests, batching, windows)
+        for chunk in request_chunks(requests, batching):
+            depth = max(len(r.candidates) for r in chunk) if windows.rerank_top is None else windows.rerank_top
+            results = reranker.rerank_batch(chunk, rank_end=depth, populate_invocations_history=True)
+            yield [
+                Reranked(
+                    str(result.query.qid),
+                    [str(c.docid) for c in result.candidates],
+                    [inv.token_usage for inv in result.invocations_history or []],
+                )
+                for result in results
+            ]
     finally:
         warn_context_cuts(reranker.passage_words, prompt)
-
-
-def _reranked_batches(
-    reranker: RSDReranker, requests: Sequence[Request], batching: BatchConfig, windows: WindowConfig
-) -> Iterator[list[Reranked]]:
-    for start in range(0, len(requests), batching.batch_size):
-        chunk = list(requests[start : start + batching.batch_size])
-        depth = max(len(r.candidates) for r in chunk) if windows.rerank_top is None else windows.rerank_top
-        results = reranker.rerank_batch(chunk, rank_end=depth, populate_invocations_history=True)
-        yield [
-            Reranked(
-                str(result.query.qid),
-                [str(c.docid) for c in result.candidates],
-                [inv.token_usage for inv in result.invocations_history or []],
-            )
-            for result in results
-        ]

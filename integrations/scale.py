@@ -27,7 +27,7 @@ import numpy as np
 
 from rsd_rerank.methods import DecodingConfig
 from rsd_rerank.prompt import PromptConfig
-from rsd_rerank.runs import BatchConfig, WindowConfig
+from rsd_rerank.runs import BatchConfig, WindowConfig, request_chunks
 from rsd_rerank.targets import TargetConfig
 
 __all__ = ["Chunk", "ScaleConfig", "Workers", "gpus_per_worker", "ray_cluster"]
@@ -184,11 +184,6 @@ class Workers:
         for row in data.iter_rows():
             yield Chunk(int(row["index"]), pickle.loads(row["result"]), int(row["pid"]))
 
-    @staticmethod
-    def _split(requests: Sequence, batching: BatchConfig) -> list[list]:
-        size = batching.batch_size
-        return [list(requests[i : i + size]) for i in range(0, len(requests), size)]
-
     def rerank(
         self,
         requests: Sequence,
@@ -198,7 +193,7 @@ class Workers:
         windows: WindowConfig = WindowConfig(),
     ) -> Iterator[list[Any]]:
         """``rerank_windowed`` spread over the actors: the same batches, in request order."""
-        for chunk in self.chunks("rerank", self._split(requests, batching), decoding, prompt, batching, windows):
+        for chunk in self.chunks("rerank", request_chunks(requests, batching), decoding, prompt, batching, windows):
             yield chunk.result
 
     def compare(
@@ -211,7 +206,7 @@ class Workers:
         batching: BatchConfig,
     ) -> list[dict]:
         """``compare``'s records of ``requests``, chunk by chunk over the actors, in request order."""
-        tasks = self._split(requests, batching)
+        tasks = request_chunks(requests, batching)
         chunks = self.chunks("compare", tasks, list(methods), list(budgets), prompt, agent, batching)
         return [record for chunk in chunks for record in chunk.result]
 
@@ -225,5 +220,5 @@ class Workers:
     ) -> None:
         """The training target cache of ``requests`` written by the actors (``directory``: the cache's
         root, shared by every node; default ``RSD_RERANK_CACHE``), then read back by the caller."""
-        for _ in self.chunks("cache", self._split(requests, batching), prompt, budget, batching, directory):
+        for _ in self.chunks("cache", request_chunks(requests, batching), prompt, budget, batching, directory):
             pass

@@ -254,7 +254,8 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
         made, hits = _run_requests(args, windows)
     if output.exists() and not args.resume:
         raise ValueError(f"{output} exists; pass --resume to continue it or choose another --output")
-    done = resumable(output, decoding.run_tag, {q: len(h) for q, h in hits.items()}) if output.exists() else {}
+    counts = {q: len(h) for q, h in hits.items()}
+    done = resumable(output, decoding.run_tag, lambda qids: counts) if output.exists() else {}
     todo = [r for r in made.requests if str(r.query.qid) not in done]
     with _engine(args) as engine:
         run = rerank_into_run(

@@ -289,7 +289,8 @@ def template_path(name_or_path: str | Path) -> Path:
     return Path(str(resources.files("rank_llm.rerank") / "prompt_templates" / str(name_or_path)))
 
 
-def _load_template(name_or_path: str) -> dict[str, str]:
+def _load_template(name_or_path: str) -> tuple[dict[str, str], bool]:
+    """A checked ``singleturn_listwise`` template, and whether its ranking uses numbers (else letters)."""
     path = template_path(name_or_path)
     try:
         with open(path) as f:
@@ -307,8 +308,7 @@ def _load_template(name_or_path: str) -> dict[str, str]:
             f"prompt template {path} asks for rankings matching {output or 'nothing'!r}; the session can "
             f"teacher-force only '[B] > [A] > …' ({_ALPHA_OUTPUT}) or '[2] > [1] > …' ({_NUMERIC_OUTPUT})"
         )
-    template["_numeric"] = output == _NUMERIC_OUTPUT
-    return template
+    return template, output == _NUMERIC_OUTPUT
 
 
 def numeric_identifiers(template: str | Path) -> bool:
@@ -317,7 +317,7 @@ def numeric_identifiers(template: str | Path) -> bool:
     Raises:
         ValueError: not a template, or one whose output format is not a plain ``[x] > [y]`` ranking.
     """
-    return _load_template(str(template))["_numeric"]
+    return _load_template(str(template))[1]
 
 
 @contextlib.contextmanager
@@ -330,8 +330,7 @@ def quiet_stdout():
 def _handler(template_name: str):
     from rank_llm.rerank.listwise.singleturn_listwise_inference_handler import SingleTurnListwiseInferenceHandler
 
-    template = _load_template(template_name)
-    numeric = template.pop("_numeric")
+    template, numeric = _load_template(template_name)
     with quiet_stdout():
         return SingleTurnListwiseInferenceHandler(template), numeric
 

@@ -26,6 +26,7 @@ __all__ = [
     "request_records",
     "batched_sessions",
     "batches",
+    "request_chunks",
     "write_run",
 ]
 
@@ -139,6 +140,13 @@ class WindowConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def request_chunks(requests: Sequence, batching: BatchConfig) -> list[list]:
+    """Consecutive chunks of ``batching.batch_size`` requests: the unit one process decodes together,
+    and the unit Ray workers are given, so that both decode the same groups."""
+    size = batching.batch_size
+    return [list(requests[i : i + size]) for i in range(0, len(requests), size)]
 
 
 def batches(lengths: Sequence[int], config: BatchConfig) -> list[list[int]]:

@@ -677,7 +677,7 @@ class TargetSession:
             held = self._cached_rows[q][: start + 1]  # rows of slots 0..start: unchanged by the pass
             fresh = torch.stack([torch.stack(rows[at + i]) for i in range(b)])  # [B, K-1-start, K]
             new_rows[q] = torch.cat([held.expand(b, -1, -1), fresh], dim=1)
-            new_kv[q] = functools.partial(lambda offset, best: kept(offset + best), at)
+            new_kv[q] = lambda best, offset=at: kept(offset + best)
             at += b
         return new_rows, new_kv
 
@@ -759,10 +759,8 @@ class TargetSession:
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
         if max_new_tokens is None:
-            max_new_tokens = 8 + max(
-                len(tokenizer.encode(self.prompts[q].layout.text(range(self.ks[q])), add_special_tokens=False))
-                for q in queries
-            )
+            # The layout's tokens are the tokenizer's own encoding of the ranking string (checked when made).
+            max_new_tokens = 8 + max(len(self.prompts[q].layout.tokens(range(self.ks[q]))) for q in queries)
         start = self.clock()
         try:
             out = self.target.model.generate(

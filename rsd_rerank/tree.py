@@ -30,7 +30,8 @@ class Trie:
     depth: tuple[int, ...]
     """Depth of each inner node below the root (1: its first token)."""
     ancestors: torch.Tensor
-    """[N, N] bool: node v is node u or one of its ancestors (the branch tokens' attention)."""
+    """[N, N] bool, on the CPU where the mask is built: node v is node u or one of its ancestors (the
+    branch tokens' attention)."""
     item_nodes: torch.Tensor
     """[K, D] the node each of an item's tokens is predicted at (0: the root), padded with 0."""
     item_tokens: torch.Tensor
@@ -62,7 +63,7 @@ class Trie:
         return cls(
             tokens=tuple(p[-1] for p in prefixes),
             depth=tuple(len(p) for p in prefixes),
-            ancestors=ancestors.to(device),
+            ancestors=ancestors,
             item_nodes=nodes.to(device),
             item_tokens=tokens.to(device),
             item_valid=valid.to(device),
@@ -135,7 +136,7 @@ class Block:
                     ids[s, at : at + k] = torch.tensor(trie.tokens, dtype=torch.long)
                     positions[s, at : at + k] = past + read.root + torch.tensor(trie.depth)
                     allowed[s, at : at + k, lmax : lmax + read.root + 1] = True  # own tokens up to the root
-                    allowed[s, at : at + k, lmax + at : lmax + at + k] = trie.ancestors.cpu()
+                    allowed[s, at : at + k, lmax + at : lmax + at + k] = trie.ancestors
                 at += k
             starts.append(own)
             # Padding rows see themselves only (no row may be all masked).

@@ -96,7 +96,7 @@ MUTANTS += (
     Mutant(
         "branches-see-siblings",
         "rsd_rerank/tree.py",
-        "                    allowed[s, at : at + k, lmax + at : lmax + at + k] = trie.ancestors.cpu()\n",
+        "                    allowed[s, at : at + k, lmax + at : lmax + at + k] = trie.ancestors\n",
         "                    allowed[s, at : at + k, lmax + at : lmax + at + k] = True\n",
         (BRUTE_FORCE,),
     ),
