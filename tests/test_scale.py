@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -105,17 +104,26 @@ def test_a_driver_killed_with_kill_9_resumes_to_the_same_bytes(requests_file, tm
     assert _rerank(requests_file, whole) == 0
     out = tmp_path / "out.trec"
     argv = ["rerank", *GSD2, "--batch-size", "1", "--requests", str(requests_file), "--output", str(out)]
+    # The driver kills itself and the local cluster it started (its process group) with SIGKILL right
+    # after its first write of the run: a kill mid-run that no machine's speed can outrun.
+    killer = (
+        "import os, signal, sys\n"
+        "import rsd_rerank.runs as runs\n"
+        "write = runs.atomic_write\n"
+        "def write_then_die(path, text):\n"
+        "    write(path, text)\n"
+        "    os.killpg(0, signal.SIGKILL)\n"
+        "runs.atomic_write = write_then_die\n"
+        "from rsd_rerank.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
     driver = subprocess.Popen(
-        [sys.executable, "-m", "rsd_rerank.cli", *argv, "--workers", "2"],
+        [sys.executable, "-c", killer, *argv, "--workers", "2"],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 240
-    while time.time() < deadline and not (out.exists() and out.read_text().strip()):
-        time.sleep(0.2)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local cluster it started
-    driver.wait()
+    assert driver.wait(timeout=300) == -signal.SIGKILL
     partial = out.read_text().splitlines()
     assert 0 < len(partial) < 72  # killed mid-run, every write whole
     assert _rerank(requests_file, out, "--workers", "2", "--resume") == 0
