@@ -7,13 +7,13 @@ first-identifier ranking. Tables and plots of the result are in ``report``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from rsd_rerank.integrations.measures import evaluate
-from rsd_rerank.methods import DecodingConfig, rank_many
+from rsd_rerank.methods import BUDGETED, METHODS, DecodingConfig, rank_many
 from rsd_rerank.metrics import similarity
 from rsd_rerank.prompt import PromptConfig, check_candidates, numeric_identifiers, request_prompts
 from rsd_rerank.runs import BatchConfig, batched_sessions
@@ -22,10 +22,11 @@ from rsd_rerank.targets import Target
 
 __all__ = ["COMPARE_METHODS", "compare", "parse_generation", "summarise"]
 
-COMPARE_METHODS = ("generate", "first", "std", "gsd", "consensus", "rsd", "greedy")
+COMPARE_METHODS = ("generate", "first", *METHODS)
 """``generate``: free token-by-token generation (RankZephyr-style), parsed by RankLLM;
 ``first``: FIRST-style, items by their first-identifier logit (on one LLM the same order as ``std``,
-which is the decoder's zero-pass path); the rest as in ``rsd_rerank.methods.METHODS``."""
+which is the decoder's zero-pass path); the rest as in ``rsd_rerank.methods.METHODS``, the paper's
+baselines included."""
 
 
 def parse_generation(text: str, k: int, numeric: bool = False) -> tuple[list[int], bool]:
@@ -59,10 +60,14 @@ def compare(
     methods: Sequence[str],
     budgets: Sequence[int],
     prompt: PromptConfig,
-    agent: str | None = None,
+    companions: Mapping[str, str] | None = None,
     batching: BatchConfig = BatchConfig(),
 ) -> list[dict]:
     """One record per (query, method, budget): ranking, fidelity to the greedy target, passes, seconds.
+
+    ``companions`` maps a method to what it needs beyond the target: ``rsd``'s agent, a baseline's
+    heads, fine-tuned ranker or drafter (``DecodingConfig.agent`` / ``ranker``); a method missing
+    there takes its default.
 
     With ``batching.batch_size`` > 1 the queries of a batch share every forward, and each query's
     seconds are its share of the batch's (the batch's seconds / its size): throughput, not latency.
@@ -77,13 +82,22 @@ def compare(
     records = []
     bar = tqdm(total=len(requests), desc="compare", unit="query")
     for group, session in batched_sessions(target, prompts, batching):
-        records += _compare_batch(session, [requests[i] for i in group], methods, budgets, agent)
+        records += _compare_batch(session, [requests[i] for i in group], methods, budgets, dict(companions or {}))
         bar.update(len(group))
     bar.close()
     return records
 
 
-def _compare_batch(session: TargetSession, requests: list, methods, budgets, agent) -> list[dict]:
+def _decoding(method: str, budget: int, companions: Mapping[str, str]) -> DecodingConfig:
+    """The decoder a compare row runs (``first`` is ``std`` on the same LLM)."""
+    if method == "first":
+        return DecodingConfig("std", budget)
+    if method == "rsd":
+        return DecodingConfig(method, budget, agent=companions.get(method))
+    return DecodingConfig(method, budget, ranker=companions.get(method))
+
+
+def _compare_batch(session: TargetSession, requests: list, methods, budgets, companions) -> list[dict]:
     n = len(requests)
     greedy_decoded = rank_many(session, DecodingConfig("greedy"))  # the target, computed first: every row needs it
     records: list[list[dict]] = [[] for _ in range(n)]  # per query, in method order
@@ -123,10 +137,10 @@ def _compare_batch(session: TargetSession, requests: list, methods, budgets, age
                     q, method, None, order, None, seconds - session.prefill_seconds, e2e=seconds, parse_failure=repaired
                 )
         else:
-            # std and first (the same order on one LLM) read the prefill; the rest verify under each budget.
-            for t in [0] if method in ("std", "first") else budgets:
+            # std, first and the fine-tuned rankers read a prefill; the rest verify under each budget.
+            for t in budgets if method in BUDGETED else [0]:
                 session.forget()  # each run pays its own passes, as it would alone
-                decoded = rank_many(session, DecodingConfig("std" if method == "first" else method, t, agent))
+                decoded = rank_many(session, _decoding(method, t, companions))
                 for q, d in decoded.items():
                     add(q, method, t, d.ranking, d.trace.passes, d.trace.decode_seconds)
     return [record for query in records for record in query]

@@ -122,10 +122,10 @@ class _Worker:
             r for batch in rerank_windowed(self.target, requests, decoding, prompt, batching, windows) for r in batch
         ]
 
-    def compare(self, requests, methods, budgets, prompt, agent, batching) -> list[dict]:
+    def compare(self, requests, methods, budgets, prompt, companions, batching) -> list[dict]:
         from rsd_rerank.integrations.compare import compare
 
-        return compare(self.target, requests, None, methods, budgets, prompt, agent, batching)
+        return compare(self.target, requests, None, methods, budgets, prompt, companions, batching)
 
     def cache(self, requests, prompt, budget, batching, directory) -> int:
         from rsd_rerank.training.cache import cached_queries
@@ -202,12 +202,12 @@ class Workers:
         methods: Sequence[str],
         budgets: Sequence[int],
         prompt: PromptConfig,
-        agent: str | None,
+        companions: dict[str, str],
         batching: BatchConfig,
     ) -> list[dict]:
         """``compare``'s records of ``requests``, chunk by chunk over the actors, in request order."""
         tasks = request_chunks(requests, batching)
-        chunks = self.chunks("compare", tasks, list(methods), list(budgets), prompt, agent, batching)
+        chunks = self.chunks("compare", tasks, list(methods), list(budgets), prompt, companions, batching)
         return [record for chunk in chunks for record in chunk.result]
 
     def cache(

@@ -23,6 +23,7 @@ from rsd_rerank.metrics import MEASURES
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import BatchConfig, WindowConfig
 from rsd_rerank.targets import DTYPES, Target, TargetConfig
+from rsd_rerank.training.baselines import FINETUNED, FinetuneConfig
 from rsd_rerank.training.rpo import ADVANTAGES
 from rsd_rerank.training.trainer import TrainConfig
 
@@ -36,7 +37,8 @@ PROMPT_FIELDS = ("template", "max_passage_words", "context_size")
 BATCH_FIELDS = ("batch_size", "max_batch_tokens")
 WINDOW_FIELDS = ("rerank_top", "window_size", "stride")
 SCALE_FIELDS = ("workers", "ray_address")
-DECODING_FIELDS = ("method", "budget", "agent")
+DECODING_FIELDS = ("method", "budget", "agent", "ranker")
+FINETUNE_FIELDS = ("epochs", "lr", "head_rows", "lora_rank", "rank_weight", "save_every", "seed")
 AGENT_FIELDS = ("network", "temperature", "hidden", "layers", "heads")
 TRAIN_FIELDS = (
     "budget",
@@ -417,7 +419,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         raise ValueError(f"--methods {args.methods!r} names no method")
     if args.agent is not None and "rsd" not in methods:
         log.warning("--agent is ignored: --methods has no rsd")
-    settings = (methods, args.budgets, _prompt_config(args), args.agent, _batch_config(args))
+    companions = {"rsd": args.agent} if args.agent is not None else {}
+    for spec in args.ranker:
+        method, _, path = spec.partition("=")
+        if method not in methods or not path:
+            raise ValueError(f"--ranker {spec!r}: give METHOD=DIR for a method of --methods")
+        companions[method] = path
+    settings = (methods, args.budgets, _prompt_config(args), companions, _batch_config(args))
     with _engine(args) as engine:
         if isinstance(engine, Target):
             records, name = compare(engine, requests, judged, *settings), engine.name
@@ -504,6 +512,22 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"wrote agent to {args.out}")
 
 
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from rsd_rerank.baselines import companion_dir
+    from rsd_rerank.runs import read_requests
+    from rsd_rerank.training.baselines import finetune
+
+    requests = read_requests(args.requests)[: args.queries]
+    config = config_from(FinetuneConfig, args, FINETUNE_FIELDS, method=args.method)
+    target = _load_target(args)
+    out = Path(args.out) if args.out else companion_dir(target, config.method)
+    summary = finetune(
+        target, requests, config, out, _prompt_config(args), _batch_config(args), args.resume, args.overwrite
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"wrote {config.method} to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsd-rerank", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -585,9 +609,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_topic_options(p, required=False)
     p.add_argument("--candidates", type=at_least(1), default=20, help="BM25 hits per query to rerank (K)")
     p.add_argument("--methods", default="generate,first,std,gsd,consensus,rsd,greedy")
-    p.add_argument("--budgets", type=_budgets, default=[1, 3, 5, 7], help="T values for gsd/consensus/rsd")
+    p.add_argument("--budgets", type=_budgets, default=[1, 3, 5, 7], help="T values for the budgeted methods")
     _add_measures_option(p)
     add_config_options(p, DecodingConfig, ["agent"])
+    p.add_argument(
+        "--ranker",
+        action="append",
+        default=[],
+        metavar="METHOD=DIR",
+        help="a baseline's heads, fine-tuned ranker or drafter (default: where `rsd-rerank finetune` puts them); repeat",
+    )
     p.add_argument("--out", required=True, help="output stem: writes .json, .md, .png")
     p.set_defaults(func=_cmd_compare)
 
@@ -601,6 +632,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an agent or a run already in --out")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "finetune",
+        help="train a baseline on the target's own greedy rankings: heads (blockwise, medusa) or a LoRA ranker "
+        "(first-ft, rankzephyr-ft)",
+    )
+    _add_model_options(p)
+    p.add_argument("--method", required=True, choices=FINETUNED, help="what to train")
+    p.add_argument("--requests", required=True, help="training requests (RankLLM JSONL); never the test queries")
+    p.add_argument("--queries", type=at_least(1), default=None, help="only the first N requests")
+    p.add_argument("--out", help="folder (default: where the methods look, <cache>/baselines/<target>/<method>)")
+    add_config_options(p, FinetuneConfig, FINETUNE_FIELDS)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted LoRA run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    p.set_defaults(func=_cmd_finetune)
     return parser
 
 
@@ -621,7 +667,7 @@ def _inputs_and_outputs(args: argparse.Namespace) -> tuple[list, list[tuple[Path
         outputs.append((Path(args.requests), False))
     if args.command == "compare":
         outputs += [(Path(args.out).with_suffix(suffix), False) for suffix in (".json", ".md", ".png")]
-    if args.command == "train":
+    if args.command == "train" or (args.command == "finetune" and args.out):
         outputs.append((Path(args.out), True))
     if args.command == "index":
         outputs.append((Path(args.index), True))

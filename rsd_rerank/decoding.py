@@ -18,7 +18,7 @@ leaves the batch. Passes and seconds come from the session, which counts and tim
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +26,19 @@ import torch
 from rsd_rerank.proposers import Proposer, Round
 from rsd_rerank.session import TargetSession, Verification
 
-__all__ = ["Decoded", "Step", "Trace", "decode", "decode_many", "initial_ranking", "next_ranking", "traced"]
+__all__ = [
+    "Decoded",
+    "Step",
+    "Trace",
+    "decode",
+    "decode_many",
+    "draft_tree",
+    "heads_order",
+    "initial_ranking",
+    "next_ranking",
+    "traced",
+    "tree_decode",
+]
 
 
 @dataclass
@@ -124,12 +136,21 @@ def rounds(first_slot: torch.Tensor, k: int, proposer: Proposer, budget: int, tr
 
 
 def decode_many(
-    session: TargetSession, proposers: Mapping[int, Proposer], budget: int, trajectories: int = 1
+    session: TargetSession,
+    proposers: Mapping[int, Proposer],
+    budget: int,
+    trajectories: int = 1,
+    initial: Mapping[int, torch.Tensor] | None = None,
 ) -> dict[int, Decoded]:
     """Up-to-down decoding of several queries of ``session`` (query index → its proposer), with at most
-    ``budget`` verification passes each, every round's rankings verified in one forward."""
+    ``budget`` verification passes each, every round's rankings verified in one forward. σ_0 sorts
+    the first-slot scores, the target's own (STD) unless ``initial`` gives a query a drafter's [K]."""
     start, passes_before = session.clock(), list(session.query_passes)
-    loops = {q: rounds(session.first_slot(q), session.ks[q], p, budget, trajectories) for q, p in proposers.items()}
+    initial = initial or {}
+    loops = {
+        q: rounds(initial[q] if q in initial else session.first_slot(q), session.ks[q], p, budget, trajectories)
+        for q, p in proposers.items()
+    }
     pending: dict[int, torch.Tensor] = {}
     finished: dict[int, tuple] = {}
 
@@ -163,6 +184,83 @@ def decode_many(
 def decode(session: TargetSession, proposer: Proposer, budget: int, trajectories: int = 1, query: int = 0) -> Decoded:
     """Up-to-down decoding of one query with at most ``budget`` verification passes; stops early once all verify."""
     return decode_many(session, {query: proposer}, budget, trajectories)[query]
+
+
+def _greedy_after(row: torch.Tensor, placed: list[int]) -> int:
+    """The row's best item among those not in ``placed``."""
+    if not placed:
+        return int(row.argmax())
+    return int(row.index_fill(0, torch.tensor(placed, device=row.device), float("-inf")).argmax())
+
+
+def draft_tree(scores: torch.Tensor, placed: list[int], widths: Sequence[int]) -> list[tuple[int, ...]]:
+    """The nodes of a draft tree after ``placed``: depth d branches into the ``widths[d]`` best items of
+    head d ([J, K] ``scores``) not on its path. Widths [1, 1, …] make a chain (Blockwise); Medusa's
+    [3, 3, 3] under the bonus is the paper's [1, 3, 3, 3] tree."""
+    nodes: list[tuple[int, ...]] = []
+    frontier: list[tuple[int, ...]] = [()]
+    order = torch.argsort(scores, dim=-1, descending=True, stable=True).tolist()
+    for depth, width in enumerate(widths):
+        grown = []
+        for path in frontier:
+            taken = set(placed) | set(path)
+            grown += [path + (item,) for item in [i for i in order[depth] if i not in taken][:width]]
+        nodes += grown
+        frontier = grown
+    return nodes
+
+
+def heads_order(scores: torch.Tensor, placed: list[int]) -> list[int]:
+    """The items not in ``placed``, slot by slot: head d's best left for the d-th, the rest by the last head."""
+    k = scores.shape[-1]
+    order = list(placed)
+    for head in scores:
+        if len(order) == k:
+            break
+        order.append(_greedy_after(head, order))
+    rest = [i for i in torch.argsort(scores[-1], descending=True, stable=True).tolist() if i not in set(order)]
+    return order + rest
+
+
+def tree_decode(
+    session: TargetSession,
+    heads: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    widths: Sequence[int],
+    budget: int,
+    query: int = 0,
+) -> Decoded:
+    """Decoding with prediction heads (Blockwise and Medusa) under at most ``budget`` passes.
+
+    The bonus (the target's greedy next item) comes free from the prompt and from every pass. After
+    it, the heads ([J, K] item log-probabilities from the hidden state where the bonus was read) draft
+    a tree (``draft_tree``); one tree-masked pass (``TargetSession.expand``) verifies it, the deepest
+    greedy path is kept and the next bonus read after it. When the budget is spent the rest is ranked
+    by the heads (``heads_order``). Every kept item is the target's greedy one and every pass adds at
+    least the bonus, so T ≥ K-2 gives the target's ranking.
+    """
+    k = session.ks[query]
+    start, before = session.clock(), session.query_passes[query]
+    unembedding = session.identifier_unembedding(query)
+    row, hidden = session.first_slot(query), session.first_hidden(query)
+    fixed = [_greedy_after(row, [])]
+    accepted_rounds: list[list[int]] = []
+    with torch.no_grad():
+        for _ in range(budget):
+            if len(fixed) >= k - 1:
+                break
+            paths = draft_tree(heads(hidden, unembedding), fixed, widths[: k - 1 - len(fixed)])
+            expansion = session.expand(fixed, paths, query)
+            fixed += expansion.accepted
+            accepted_rounds.append([len(fixed)])
+            if expansion.node < 0:
+                row, hidden = expansion.prefix_row, expansion.prefix_hidden
+            else:
+                row, hidden = expansion.rows[expansion.node], expansion.hidden[expansion.node]
+            fixed.append(_greedy_after(row, fixed))
+        ranking = heads_order(heads(hidden, unembedding), fixed) if len(fixed) < k else fixed
+    trace = traced(session, start, before, query)
+    trace.accepted = accepted_rounds
+    return Decoded(torch.tensor([ranking], device=session.device), trace)
 
 
 def traced(session: TargetSession, start: float, passes_before: int, query: int = 0) -> Trace:

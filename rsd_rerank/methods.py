@@ -1,7 +1,10 @@
 """Decoding methods by name: the one place that maps a ``DecodingConfig`` to what the loop runs.
 
 ``greedy`` is the exact target (the session's constrained greedy ranking); ``std`` is the loop at
-budget 0; ``gsd``, ``consensus`` and ``rsd`` are the loop with that proposer under the budget.
+budget 0; ``gsd``, ``consensus``, ``pdm``, ``sdm``, ``first-sd`` and ``rsd`` are the loop with that
+proposer under the budget; ``blockwise`` and ``medusa`` decode with prediction heads
+(``decoding.tree_decode``); ``first-ft`` and ``rankzephyr-ft`` are STD on the target fine-tuned on
+its own rankings (``rsd_rerank.baselines``).
 """
 
 from __future__ import annotations
@@ -11,17 +14,35 @@ from dataclasses import dataclass
 import torch
 
 from rsd_rerank.agent import AgentProposer, resolve_agent
-from rsd_rerank.decoding import Decoded, decode_many, traced
-from rsd_rerank.proposers import PROPOSERS, GSDProposer, Proposer
+from rsd_rerank.baselines import HEADS, RANKERS, heads_widths, load_heads, load_ranker
+from rsd_rerank.decoding import Decoded, decode_many, traced, tree_decode
+from rsd_rerank.proposers import PROPOSERS, DrafterProposer, GSDProposer, Proposer
 from rsd_rerank.session import TargetSession
+from rsd_rerank.targets import Target, load_target, tokenizer_fingerprint
 
 __all__ = ["BUDGETED", "METHODS", "DecodingConfig", "proposer_for", "rank", "rank_many"]
 
-METHODS = ("greedy", "std", "gsd", "consensus", "rsd")
+METHODS = (
+    "greedy",
+    "std",
+    "gsd",
+    "consensus",
+    "rsd",
+    "sdm",
+    "blockwise",
+    "medusa",
+    "pdm",
+    "first-ft",
+    "rankzephyr-ft",
+    "first-sd",
+)
 """``greedy``: the exact target (K-1 decode steps); ``std``: first-slot order, no pass;
 ``gsd``/``consensus``/``rsd``: up-to-down decoding with that proposer under the budget (``rsd``: the
-learned agent, ``rsd_rerank.agent``)."""
-BUDGETED = ("gsd", "consensus", "rsd")
+learned agent, ``rsd_rerank.agent``); the paper's baselines: ``sdm`` (a drafter's order verified,
+GSD's rule once the budget is spent), ``blockwise`` and ``medusa`` (prediction heads, a chain or a
+[1, 3, 3, 3] tree verified per pass), ``pdm`` (Jacobi), ``first-ft`` / ``rankzephyr-ft`` (STD on the
+target fine-tuned with FIRST's or RankZephyr's loss), ``first-sd`` (the FIRST fine-tune drafts)."""
+BUDGETED = ("gsd", "consensus", "rsd", "sdm", "blockwise", "medusa", "pdm", "first-sd")
 """The methods whose result depends on the budget T."""
 
 
@@ -36,6 +57,11 @@ class DecodingConfig:
     agent: str | None = None
     """``rsd`` only: an agent checkpoint directory or a bundled agent's name; None picks the bundled
     agent trained on the target."""
+    ranker: str | None = None
+    """The baselines' companion: heads (``blockwise``, ``medusa``) or fine-tuned ranker (``first-ft``,
+    ``rankzephyr-ft``, ``first-sd``) directory, None for the default one ``rsd-rerank finetune`` makes;
+    ``sdm``'s drafter model (a target name or directory sharing the tokenizer), None for the target's
+    own first-slot order."""
 
     @property
     def run_tag(self) -> str:
@@ -47,6 +73,8 @@ class DecodingConfig:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.budget < 0:
             raise ValueError(f"the budget must be >= 0 passes, got {self.budget}")
+        if self.ranker is not None and self.method not in (*HEADS, *RANKERS, "sdm"):
+            raise ValueError(f"--ranker is for sdm, {', '.join(HEADS)} and {', '.join(RANKERS)}, not {self.method}")
 
 
 def proposer_for(config: DecodingConfig, session: TargetSession, query: int = 0) -> Proposer:
@@ -74,12 +102,50 @@ def rank_many(
             q: Decoded(torch.tensor([rankings[q]], device=session.device), traced(session, start, before[q], q))
             for q in queries
         }
+    if config.method in HEADS:
+        heads = load_heads(config.ranker, session.target, config.method)
+        widths = heads_widths(config.method, heads)
+        return {q: tree_decode(session, heads, widths, config.budget, q) for q in queries}
+    if config.method in ("sdm", *RANKERS):
+        return _drafted(session, config, queries)
     budget = 0 if config.method == "std" else config.budget
     by_k: dict[int, Proposer] = {}  # one agent per list length, shared by the queries (it holds no state)
     for q in queries:
         if session.ks[q] not in by_k:
             by_k[session.ks[q]] = proposer_for(config, session, q)
     return decode_many(session, {q: by_k[session.ks[q]] for q in queries}, budget)
+
+
+def _drafter(session: TargetSession, config: DecodingConfig) -> Target | None:
+    """The model whose first-slot order drafts (None: the target's own)."""
+    if config.method in RANKERS:
+        return load_ranker(config.ranker, session.target, config.method)
+    if config.ranker is None:
+        return None
+    target = session.target
+    drafter = load_target(config.ranker, device=str(target.model.device), dtype=str(target.model.dtype).split(".")[-1])
+    if tokenizer_fingerprint(drafter.tokenizer) != tokenizer_fingerprint(target.tokenizer):
+        raise ValueError(f"sdm's drafter {config.ranker!r} does not share the target's tokenizer")
+    return drafter
+
+
+def _drafted(session: TargetSession, config: DecodingConfig, queries: list[int]) -> dict[int, Decoded]:
+    """``sdm``, ``first-sd`` (a drafter's first-slot order verified under the budget) and ``first-ft``,
+    ``rankzephyr-ft`` (a fine-tuned ranker's first-slot order, no pass of the target)."""
+    start = session.clock()
+    drafter = _drafter(session, config)
+    if drafter is None:
+        scores = {q: session.first_slot(q) for q in queries}
+    else:  # the drafter reads the same prompts (same tokenizer): its own prefill, timed with the method
+        drafting = TargetSession.from_prompts(drafter, [session.prompts[q] for q in queries])
+        scores = {q: drafting.first_slot(i).to(session.device) for i, q in enumerate(queries)}
+    drafting_seconds = session.clock() - start
+    budget = 0 if config.method in ("first-ft", "rankzephyr-ft") else config.budget
+    proposers = {q: DrafterProposer(scores[q], budget) for q in queries}
+    decoded = decode_many(session, proposers, budget, initial=scores)
+    for d in decoded.values():
+        d.trace.decode_seconds += drafting_seconds
+    return decoded
 
 
 def rank(session: TargetSession, config: DecodingConfig = DecodingConfig(), query: int = 0) -> Decoded:

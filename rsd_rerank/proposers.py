@@ -12,7 +12,18 @@ from typing import Protocol
 
 import torch
 
-__all__ = ["PROPOSERS", "ConsensusProposer", "GSDProposer", "Proposer", "Round", "consensus_scores", "rejected_row"]
+__all__ = [
+    "PROPOSERS",
+    "ConsensusProposer",
+    "DrafterProposer",
+    "GSDProposer",
+    "JacobiProposer",
+    "Proposer",
+    "Round",
+    "consensus_scores",
+    "jacobi_scores",
+    "rejected_row",
+]
 
 
 @dataclass(frozen=True)
@@ -78,5 +89,51 @@ class ConsensusProposer:
         return consensus_scores(state)
 
 
-PROPOSERS: dict[str, type] = {"gsd": GSDProposer, "consensus": ConsensusProposer}
-"""The non-learned proposers by method name (``rsd``'s agent proposer lives in ``rsd_rerank.agent``)."""
+def jacobi_scores(state: Round) -> torch.Tensor:
+    """[B, K] one Jacobi (fixed-point) step of the latest pass: slot i after the bonus takes the greedy
+    item of row i (the target given the teacher-forced σ[:i]) among those not yet placed, slot by slot;
+    scores that sort the items into those slots."""
+    sigma, latest, i_star = state.rankings[:, -1], state.matrices[:, -1], state.latest_accepted
+    b, k = sigma.shape
+    scores = torch.zeros(b, k, device=sigma.device)
+    for r in range(b):
+        start = int(i_star[r])
+        placed = torch.zeros(k, dtype=torch.bool, device=sigma.device)
+        placed[sigma[r, :start]] = True
+        for slot in range(start, k):  # slot i* takes the bonus: row i*'s greedy item, as in Eq. 1
+            item = latest[r, min(slot, k - 1)].masked_fill(placed, float("-inf")).argmax()
+            placed[item] = True
+            scores[r, item] = k - slot
+    return scores
+
+
+class JacobiProposer:
+    """PDM (Jacobi / fixed-point decoding): every slot after the verified prefix takes the target's
+    greedy choice given the teacher-forced prefix of the latest ranking (``jacobi_scores``); the
+    current ranking is what a spent budget returns."""
+
+    def scores(self, state: Round) -> torch.Tensor:
+        return jacobi_scores(state)
+
+
+class DrafterProposer:
+    """SDM (Leviathan-style speculative decoding): between passes the drafter's order ranks the rest;
+    once the budget is spent the target's row at the last rejected slot does (GSD's rule), as the
+    paper adapts SD to rank the items it did not accept.
+
+    Args:
+        drafter: [K] the drafter's item scores (its first-slot log-probabilities: single-token decoding).
+        budget: T, to know the last pass.
+    """
+
+    def __init__(self, drafter: torch.Tensor, budget: int):
+        self.drafter, self.budget = drafter, budget
+
+    def scores(self, state: Round) -> torch.Tensor:
+        if state.rankings.shape[1] >= self.budget:
+            return rejected_row(state)
+        return self.drafter.to(state.matrices.device).expand(state.matrices.shape[0], -1)
+
+
+PROPOSERS: dict[str, type] = {"gsd": GSDProposer, "consensus": ConsensusProposer, "pdm": JacobiProposer}
+"""The proposers that need nothing but the target, by method name (``rsd``'s agent proposer lives in ``rsd_rerank.agent``)."""

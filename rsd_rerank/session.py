@@ -43,7 +43,7 @@ from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, request_prompt
 from rsd_rerank.targets import Target
 from rsd_rerank.tree import Block, Read, Trie
 
-__all__ = ["Generation", "TargetSession", "Verification", "accepted_length", "greedy_choices"]
+__all__ = ["Expansion", "Generation", "TargetSession", "Verification", "accepted_length", "greedy_choices"]
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -60,6 +60,25 @@ class Verification:
     """[B, K] the LLM's greedy item at each slot among the items not placed before it."""
     accepted: torch.Tensor
     """[B] i*: length of the longest prefix equal to the greedy choices (K when the whole ranking verifies)."""
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """One tree-masked pass of one query: a prefix and a tree of continuations after it (``TargetSession.expand``)."""
+
+    prefix_row: torch.Tensor
+    """[K] log-distribution of the slot right after the prefix."""
+    prefix_hidden: torch.Tensor
+    """[H] the last hidden state where ``prefix_row`` is read."""
+    rows: torch.Tensor
+    """[N, K] log-distribution of the slot after each node (the prefix, then the node's path)."""
+    hidden: torch.Tensor
+    """[N, H] the last hidden state there."""
+    accepted: tuple[int, ...]
+    """The deepest path of the tree whose every item is the greedy choice (among unplaced items) of
+    the row before it; () where the tree's first item is already not."""
+    node: int
+    """The index of that path among the nodes, -1 for ()."""
 
 
 @dataclass(frozen=True)
@@ -203,12 +222,13 @@ class TargetSession:
         # would need an explicit [B, H, P, P] attention mask (slow paths; on a CPU slower than one by one)
         # and gains little over one compute-bound forward per long prompt.
         kv: KV = []
-        row0 = []
+        row0, hidden0 = [], []
         for q, prompt in enumerate(prompts):
             n = len(prompt.token_ids)
             ids = torch.tensor([prompt.token_ids], device=self.device)
             positions = torch.arange(n, device=self.device)[None]
-            logits, cache = self._forward(ids, None, None, positions, keep=1, queries=None)
+            logits, cache, hidden = self._forward(ids, None, None, positions, keep=1, queries=None)
+            hidden0.append(hidden[0, -1])
             for layer, (k_, v_) in enumerate(self._kv_of(cache, n)):
                 if q == 0:
                     shape = (len(prompts), k_.shape[1], self._width, k_.shape[3])
@@ -223,6 +243,7 @@ class TargetSession:
         self._lengths = torch.tensor(lengths, device=self.device)  # [Q] real prompt tokens
         self._left_padded = len(set(lengths)) > 1
         self._prompt_kv = kv  # [Q, H, P, D] per layer
+        self._hidden0 = torch.stack(hidden0)  # [Q, H] the last hidden state of each prompt (row 0's)
         queries = torch.arange(len(prompts), device=self.device)
         if self._tree:
             self._row0 = self._tree_row0(row0)
@@ -290,8 +311,10 @@ class TargetSession:
         position_ids: torch.Tensor,
         keep: torch.Tensor | int,
         queries: Sequence[int] | None,
-    ) -> tuple[torch.Tensor, DynamicCache]:
-        """Logits [B, len(keep), V] (float32) at positions ``keep`` of ``input_ids`` [B, n] after ``kv``.
+    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+        """Logits [B, len(keep), V] (float32) at positions ``keep`` of ``input_ids`` [B, n] after ``kv``, the
+        cache, and the last hidden states [B, len(keep), H] there (the LM head's input: what prediction
+        heads read).
 
         ``attention_mask`` [B, past + n] (None: nothing padded) and ``position_ids`` [B, n] are explicit
         (padding on both sides). The only call of the model's forward; ``queries`` are the queries it serves, None
@@ -302,6 +325,12 @@ class TargetSession:
             keep = keep.to(self.device)
         # logits_to_keep: only the slot positions go through the LM head, not every fed token.
         kwargs = {_cache_kwarg(type(self.target.model)): self._cache(kv)}
+        seen: list[torch.Tensor] = []
+        # The LM head's input is the final-norm hidden state at the kept positions; a hook reads it
+        # without asking the model for every layer's states.
+        hook = self.target.model.get_output_embeddings().register_forward_pre_hook(
+            lambda _module, args: seen.append(args[0])
+        )
         try:
             out = self.target.model(
                 input_ids=input_ids,
@@ -316,6 +345,8 @@ class TargetSession:
                 f"out of memory on {self.device} in a forward of {input_ids.shape[0]} sequences of "
                 f"{input_ids.shape[1]} new tokens; lower --batch-size or --max-batch-tokens"
             ) from err
+        finally:
+            hook.remove()
         logits = out.logits.float()
         if queries is not None:
             self.passes += 1
@@ -324,7 +355,7 @@ class TargetSession:
             self.fed_tokens.append(input_ids.shape[1])
             self.fed_sequences.append(input_ids.shape[0])
             self.forward_seconds += self.clock() - start
-        return logits, _out_cache(out)
+        return logits, _out_cache(out), seen[-1].float()
 
     @staticmethod
     def _kv_of(cache: DynamicCache, expected_len: int) -> KV:
@@ -460,6 +491,116 @@ class TargetSession:
             out[q] = Verification(rankings=r, matrices=matrices, greedy=greedy, accepted=accepted)
         return out
 
+    def first_hidden(self, query: int = 0) -> torch.Tensor:
+        """[H] the last hidden state after the prompt, where the first slot's row is read."""
+        return self._hidden0[query].clone()
+
+    def identifier_unembedding(self, query: int = 0) -> torch.Tensor:
+        """[K, H] the LM head's rows of the query's later-slot identifier tokens (what prediction heads
+        score items with); single-token identifiers only."""
+        if self._tree:
+            raise ValueError("prediction heads need single-token identifiers; this template's are several tokens")
+        weight = self.target.model.get_output_embeddings().weight
+        return weight[self._later_ids[query, : self.ks[query]]].detach().float()
+
+    def expand(self, prefix: Sequence[int], paths: Sequence[Sequence[int]], query: int = 0) -> Expansion:
+        """Teacher-force ``prefix`` and a tree of continuations after it in one tree-masked forward (a pass).
+
+        ``paths`` are the tree's nodes, each the items after the prefix (a node's parent, its path
+        without the last item, is the prefix or another node). Each node feeds one slot's tokens that
+        see the prompt, the prefix and their ancestors' tokens only, at the positions of a linear
+        ranking, so its row is what ``verify`` reads after prefix + path. The prefix is fed after the
+        part of it the query's cache holds (its last item always). Afterwards the cache holds prefix +
+        the accepted path, so a next pass from there feeds only what is new. Single-token identifiers.
+        """
+        if self._tree:
+            raise ValueError("tree verification of rankings needs single-token identifiers (a letters template)")
+        k, prefix, paths = self.ks[query], list(prefix), [tuple(p) for p in paths]
+        if not prefix or len(prefix) + max((len(p) for p in paths), default=0) > k - 1:
+            raise ValueError(f"a prefix of 1..{k - 1} items and paths that end by slot {k - 2}")
+        known = set(paths)
+        for path in paths:
+            assert path and (len(path) == 1 or path[:-1] in known), f"node {path} has no parent in the tree"
+            assert len(set(prefix + list(path))) == len(prefix) + len(path), "an item placed twice"
+        shared = min(self._shared_prefix(prefix, self._cached_items[query]), len(prefix) - 1)
+        step, q = self._step, torch.tensor([query], device=self.device)
+        chain = torch.tensor([prefix[shared:]], device=self.device)
+        tokens = [self._slot_tokens(chain, q, first_slot=shared)[0]]
+        n_chain = tokens[0].shape[0]
+        slots = [len(prefix) + len(p) - 1 for p in paths]
+        for path, slot in zip(paths, slots, strict=True):
+            tokens.append(self._slot_tokens(torch.tensor([[path[-1]]], device=self.device), q, first_slot=slot)[0])
+        ids = torch.cat(tokens)[None]
+        n = ids.shape[1]
+        past_len = self._width + shared * step
+        allowed = torch.zeros(n, past_len + n, dtype=torch.bool)
+        allowed[:, : self._width] = self._prompt_mask[query].bool().cpu()
+        allowed[:, self._width : past_len] = True
+        allowed[:n_chain, past_len : past_len + n_chain] = torch.tril(torch.ones(n_chain, n_chain, dtype=torch.bool))
+        start = {p: n_chain + i * step for i, p in enumerate(paths)}
+        positions = list(range(shared * step, shared * step + n_chain))
+        for path, slot in zip(paths, slots, strict=True):
+            at = start[path]
+            allowed[at : at + step, past_len : past_len + n_chain] = True
+            for depth in range(1, len(path)):
+                ancestor = start[path[:depth]]
+                allowed[at : at + step, past_len + ancestor : past_len + ancestor + step] = True
+            allowed[at : at + step, past_len + at : past_len + at + step] = torch.tril(
+                torch.ones(step, step, dtype=torch.bool)
+            )
+            positions += range(slot * step, slot * step + step)
+        mask = torch.zeros(allowed.shape, dtype=self.target.model.dtype)
+        mask = mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)[None, None].to(self.device)
+        position_ids = self._lengths[query] + torch.tensor([positions], device=self.device)
+        keep = torch.tensor(
+            [*range(step - 1, n_chain, step), *(start[p] + step - 1 for p in paths)], device=self.device
+        )
+        logits, cache, hidden = self._forward(ids, self._past(q, shared), mask, position_ids, keep, queries=[query])
+        rows = self._rows(logits, q)[0, :, :k]  # chain slots' rows, then each node's
+        hidden = hidden[0]
+        n_fed = len(prefix) - shared
+        prefix_row, prefix_hidden = rows[n_fed - 1], hidden[n_fed - 1]
+        node_rows, node_hidden = rows[n_fed:], hidden[n_fed:]
+        index = {p: i for i, p in enumerate(paths)}
+
+        def greedy_after(row: torch.Tensor, placed: Sequence[int]) -> int:
+            return int(row.index_fill(0, torch.tensor(list(placed), device=row.device), float("-inf")).argmax())
+
+        accepted: tuple[int, ...] = ()
+        while True:
+            row = prefix_row if not accepted else node_rows[index[accepted]]
+            child = accepted + (greedy_after(row, prefix + list(accepted)),)
+            if child not in index:
+                break
+            accepted = child
+        # The cache: prompt + the shared slots + the fed chain, then the accepted nodes' tokens.
+        kv = self._kv_of(cache, past_len + n)
+        columns = torch.cat(
+            [torch.arange(past_len + n_chain)]
+            + [
+                torch.arange(past_len + start[accepted[:d]], past_len + start[accepted[:d]] + step)
+                for d in range(1, len(accepted) + 1)
+            ]
+        ).to(self.device)
+        items = prefix + list(accepted)
+        self._cached_items[query] = tuple(items)
+        self._cached_kv[query] = [(k_.index_select(2, columns), v_.index_select(2, columns)) for k_, v_ in kv]
+        self._cached_rows[query] = torch.cat(
+            [
+                self._cached_rows[query][: shared + 1],
+                rows[:n_fed],
+                node_rows[[index[accepted[:d]] for d in range(1, len(accepted) + 1)]],
+            ]
+        )
+        return Expansion(
+            prefix_row=prefix_row,
+            prefix_hidden=prefix_hidden,
+            rows=node_rows,
+            hidden=node_hidden,
+            accepted=accepted,
+            node=index[accepted] if accepted else -1,
+        )
+
     def _verification_pass(
         self, rs: dict[int, torch.Tensor], shared: dict[int, list[int]], needing: list[int]
     ) -> tuple[dict[int, torch.Tensor], dict[int, Callable[[int], KV]]]:
@@ -487,7 +628,7 @@ class TargetSession:
             + torch.arange(tokens.shape[1], device=self.device)[None, :]
         )
         keep = torch.arange(self._step - 1, tokens.shape[1], self._step)
-        logits, cache = self._forward(
+        logits, cache, _ = self._forward(
             tokens,
             self._past(queries, start_slot),
             self._mask(queries, start_slot, fed, self._left_padded or len({self.ks[q] for q in needing}) > 1),
@@ -548,7 +689,7 @@ class TargetSession:
             positions = (
                 self._lengths[qs[active]][:, None] + slot * self._step + torch.arange(self._step, device=self.device)
             )
-            logits, cache = self._forward(
+            logits, cache, _ = self._forward(
                 tokens,
                 kv,
                 self._mask(qs[active], slot, fed, self._left_padded),
@@ -613,7 +754,7 @@ class TargetSession:
                 values[b, :, lmax - n :] = past[layer][1][0]
             layers.append((keys, values))
         mask = block.additive_mask(self.target.model.dtype)
-        logits, cache = self._forward(block.input_ids, layers, mask, block.positions, keep=0, queries=queries)
+        logits, cache, _ = self._forward(block.input_ids, layers, mask, block.positions, keep=0, queries=queries)
         kv = self._kv_of(cache, lmax + block.input_ids.shape[1])
         rows = []
         for b, (own_reads, starts) in enumerate(zip(reads, block.branch_start, strict=True)):

@@ -69,6 +69,13 @@ MUTANTS = (
             "tests/test_decoding.py::test_theorem_1_for_random_lists_and_every_proposer",
         ),
     ),
+    Mutant(
+        "tree-ancestors-hidden",
+        "rsd_rerank/session.py",
+        "            for depth in range(1, len(path)):\n",
+        "            for depth in range(1, 1):\n",
+        ("tests/test_baselines.py::test_a_tree_pass_reads_the_rows_verify_reads",),
+    ),
 )
 
 

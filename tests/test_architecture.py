@@ -116,4 +116,4 @@ def test_mutation_check_catches_every_mutant():
         [sys.executable, str(ROOT / "scripts" / "mutants.py")], capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "all 9 mutants caught" in done.stdout
+    assert "all 10 mutants caught" in done.stdout

@@ -1,0 +1,208 @@
+"""The paper's baselines: the tree-masked pass reads what ``verify`` reads, the lossless methods (SDM,
+Blockwise, Medusa, PDM, FIRST + SD) reach the target at T ≥ K, Medusa feeds its [1, 3, 3, 3] tree in
+one pass, an interrupted LoRA fine-tune resumes to the same adapter, and a missing or foreign
+companion (heads, fine-tuned ranker) is a clear error."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from rsd_rerank.baselines import MEDUSA_TREE, Heads, save_heads
+from rsd_rerank.cli import main
+from rsd_rerank.methods import DecodingConfig, rank
+from rsd_rerank.prompt import NUMERIC_TEMPLATE, PromptConfig
+from rsd_rerank.runs import read_requests
+from rsd_rerank.session import TargetSession
+from rsd_rerank.targets import random_llama
+from rsd_rerank.training.baselines import FinetuneConfig, finetune
+
+LOSSLESS = ("sdm", "pdm", "blockwise", "medusa", "first-sd")
+
+
+def _request(rng: random.Random, k: int) -> tuple[str, list[str]]:
+    words = "ocean tide vitamin bone protein cell gene light salt storm reef fish virus lung heart brain".split()
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(k)]
+    return " ".join(rng.choice(words) for _ in range(4)), docs
+
+
+@pytest.fixture(scope="module")
+def train_requests(tmp_path_factory, requests_json):
+    """Three training requests of 12 candidates (the examples' passages under three qids)."""
+    records = [
+        {
+            "query": {"qid": f"t{i}", "text": requests_json[i % 2]["query"]["text"]},
+            "candidates": requests_json[i % 2]["candidates"][i : i + 12],
+        }
+        for i in range(3)
+    ]
+    path = tmp_path_factory.mktemp("baselines") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def companions(tiny_llama, train_requests, tmp_path_factory):
+    """Heads and fine-tuned rankers for the tiny target, made here (seconds): the heads through the CLI."""
+    root = tmp_path_factory.mktemp("companions")
+    requests = read_requests(train_requests)
+    prompt = PromptConfig(max_passage_words=20)
+    for method in ("first-ft", "rankzephyr-ft"):
+        finetune(tiny_llama, requests, FinetuneConfig(method, epochs=1), root / method, prompt)
+    for method in ("blockwise", "medusa"):
+        # Random heads draft something other than the target's order (trained ones on 3 queries barely would).
+        heads = Heads(tiny_llama.model.config.hidden_size, len(MEDUSA_TREE) if method == "medusa" else 11)
+        with torch.no_grad():
+            for block in heads.blocks:
+                block.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(method)))
+        save_heads(root / method, heads, tiny_llama, method, {})
+    return {m: str(root / m) for m in ("blockwise", "medusa", "first-ft", "rankzephyr-ft")} | {
+        "first-sd": str(root / "first-ft"),
+        "sdm": None,
+        "pdm": None,
+    }
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_a_tree_pass_reads_the_rows_verify_reads(tiny_llama):
+    rng = random.Random(1)
+    query, docs = _request(rng, 9)
+    session, reference = TargetSession(tiny_llama, query, docs), TargetSession(tiny_llama, query, docs)
+    sigma = rng.sample(range(9), 9)
+    rows = reference.verify(sigma).matrices[0]
+    chain = session.expand(sigma[:1], [tuple(sigma[1:j]) for j in range(2, 9)])  # a chain is a tree
+    _close(chain.prefix_row, rows[1])
+    _close(chain.rows, rows[2:9])
+    # Siblings and their children, after a prefix the cache now holds: each node sees its own path only.
+    prefix = sigma[:2]
+    others = [i for i in range(9) if i not in prefix]
+    paths = [(a,) for a in others[:3]] + [(a, others[4]) for a in others[:3]]
+    tree = session.expand(prefix, paths)
+    assert session.fed_tokens[-1] == (1 + len(paths)) * session._step  # prefix[:1] came from the cache
+    for path, row in zip(paths, tree.rows, strict=True):
+        placed = prefix + list(path)
+        ranking = placed + [i for i in range(9) if i not in placed]
+        _close(row, reference.verify(ranking).matrices[0][len(placed)])
+    # The accepted path is the deepest greedy one, and the cache then holds it: the next pass feeds only what is new.
+    greedy = reference.stepwise_rows(prefix + [i for i in range(9) if i not in prefix])[1]
+    best = int(greedy[2].masked_fill(torch.isin(torch.arange(9), torch.tensor(prefix)), float("-inf")).argmax())
+    assert tree.accepted[:1] == ((best,) if best in others[:3] else ())
+    nxt = [i for i in range(9) if i not in prefix + list(tree.accepted)][:1]
+    after = session.expand(prefix + list(tree.accepted) + nxt, [])
+    assert session.fed_tokens[-1] == session._step
+    placed = prefix + list(tree.accepted) + nxt
+    _close(
+        after.prefix_row, reference.verify(placed + [i for i in range(9) if i not in placed]).matrices[0][len(placed)]
+    )
+
+
+@pytest.mark.parametrize("k", [2, 3, 11])
+def test_the_lossless_baselines_reach_the_target_at_t_ge_k(tiny_llama, companions, k):
+    rng = random.Random(k)
+    session = TargetSession(tiny_llama, *_request(rng, k))
+    greedy = session.greedy_ranking()
+    for method in LOSSLESS:
+        for budget in (1, 2, k):
+            session.forget()
+            decoded = rank(session, DecodingConfig(method, budget, ranker=companions[method]))
+            assert sorted(decoded.ranking) == list(range(k)), (method, budget)
+            assert decoded.trace.passes <= budget, (method, budget)
+            if budget >= k:
+                assert decoded.ranking == greedy, (method, k)
+
+
+def test_the_baselines_are_not_the_target_on_a_short_budget(tiny_llama, companions, query_docs):
+    """On a hard 20-item list one pass leaves each lossless method short of the target (the exactness
+    test above would otherwise be vacuous), and the fine-tuned rankers use no pass."""
+    session = TargetSession(tiny_llama, *query_docs[0], PromptConfig(max_passage_words=20))
+    greedy = session.greedy_ranking()
+    for method in (*LOSSLESS, "first-ft", "rankzephyr-ft"):
+        session.forget()
+        decoded = rank(session, DecodingConfig(method, 1, ranker=companions.get(method)))
+        assert decoded.ranking != greedy, method
+        assert decoded.trace.passes == (0 if method.endswith("-ft") else 1), method
+
+
+def test_medusa_feeds_its_1_3_3_3_tree_in_one_pass(tiny_llama, companions, query_docs):
+    session = TargetSession(tiny_llama, *query_docs[0], PromptConfig(max_passage_words=20))
+    rank(session, DecodingConfig("medusa", 1, ranker=companions["medusa"]))
+    assert session.fed_tokens == [(1 + 3 + 9 + 27) * session._step]  # the bonus, then 3, 9 and 27 nodes
+    session.forget()
+    rank(session, DecodingConfig("blockwise", 1, ranker=companions["blockwise"]))
+    assert session.fed_tokens[1:] == [(1 + 11) * session._step]  # the bonus and a chain through the 11 heads
+
+
+def test_a_missing_or_foreign_companion_is_a_clear_error(tiny_llama, companions, query_docs, tmp_path):
+    session = TargetSession(tiny_llama, *query_docs[0], PromptConfig(max_passage_words=20))
+    for method in ("blockwise", "medusa", "first-ft", "rankzephyr-ft", "first-sd"):
+        with pytest.raises(ValueError, match=f"{method} needs trained .*rsd-rerank finetune --method"):
+            rank(session, DecodingConfig(method, 3, ranker=str(tmp_path / "none")))
+    with pytest.raises(ValueError, match="holds 'medusa', not what blockwise needs"):
+        rank(session, DecodingConfig("blockwise", 3, ranker=companions["medusa"]))
+    with pytest.raises(ValueError, match="holds 'rankzephyr-ft', not what first-sd needs"):
+        rank(session, DecodingConfig("first-sd", 3, ranker=companions["rankzephyr-ft"]))
+    other = random_llama(
+        seed=1, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
+    )
+    foreign = TargetSession(other, *query_docs[0], PromptConfig(max_passage_words=20))
+    with pytest.raises(ValueError, match="was trained on .*not on this target"):
+        rank(foreign, DecodingConfig("medusa", 3, ranker=companions["medusa"]))
+    with pytest.raises(ValueError, match="unknown target 'no-such-drafter'"):
+        rank(session, DecodingConfig("sdm", 3, ranker="no-such-drafter"))
+    with pytest.raises(ValueError, match="--ranker is for"):
+        DecodingConfig("gsd", 3, ranker=companions["medusa"])
+    numeric = TargetSession(tiny_llama, *query_docs[0], PromptConfig(NUMERIC_TEMPLATE, max_passage_words=20))
+    with pytest.raises(ValueError, match="single-token identifiers"):
+        rank(numeric, DecodingConfig("medusa", 3, ranker=companions["medusa"]))
+
+
+def test_the_cli_refuses_a_missing_companion_with_exit_2(train_requests, tmp_path, capsys):
+    out = tmp_path / "run.trec"
+    argv = ["rerank", "--model", "random-llama", "--device", "cpu", "--method", "medusa", "--max-passage-words", "20"]
+    code = main([*argv, "--ranker", str(tmp_path / "none"), "--requests", str(train_requests), "--output", str(out)])
+    assert code == 2 and not out.exists()
+    assert "rsd-rerank finetune --method medusa --model random-llama" in capsys.readouterr().err
+
+
+def test_finetune_makes_heads_through_the_cli_and_keeps_a_finished_one(train_requests, tmp_path):
+    out = tmp_path / "medusa"
+    argv = ["finetune", "--model", "random-llama", "--device", "cpu", "--method", "medusa", "--max-passage-words", "20"]
+    argv += ["--requests", str(train_requests), "--out", str(out), "--epochs", "1"]
+    assert main(argv) == 0
+    meta = json.loads((out / "heads.json").read_text())
+    assert meta["method"] == "medusa" and meta["heads"] == 3 and meta["queries"] == 3
+    assert main(argv) == 2  # a finished one is kept
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(tiny_llama, train_requests, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    requests = read_requests(train_requests)
+    prompt = PromptConfig(max_passage_words=20)
+    config = FinetuneConfig("first-ft", epochs=2, save_every=1)
+    finetune(tiny_llama, requests, config, tmp_path / "whole", prompt)
+    step, calls = torch.optim.Adam.step, []
+
+    def dies_at_the_fourth(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.optim.Adam, "step", dies_at_the_fourth)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(tiny_llama, requests, config, tmp_path / "cut", prompt)
+    with pytest.raises(ValueError, match="--resume"):
+        finetune(tiny_llama, requests, config, tmp_path / "cut", prompt)
+    finetune(tiny_llama, requests, config, tmp_path / "cut", prompt, resume=True)
+    whole = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
+    cut = load_file(str(tmp_path / "cut" / "adapter" / "adapter_model.safetensors"))
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+    meta = json.loads((tmp_path / "cut" / "ranker.json").read_text())
+    assert meta["method"] == "first-ft" and not (tmp_path / "cut" / "checkpoint.pt").exists()
