@@ -1,15 +1,20 @@
-"""Fidelity to the target LLM's own greedy ranking: STD, GSD@T, consensus@T and RSD@T agents, with 95% bootstrap CIs.
+"""Fidelity to the target LLM's own greedy ranking: STD, GSD@T, consensus@T, RSD@T agents and the
+paper's baselines (SDM, Blockwise, Medusa, PDM, FIRST and RankZephyr fine-tuned on the target, FIRST +
+SD), with 95% bootstrap CIs, paired CIs of each agent minus each baseline at T = 5, and tokens fed per
+pass and decode seconds per query beside fidelity.
 
-For every claim the target's constrained greedy ranking is computed once; each proposer runs once at
-the largest budget and the rankings after t passes are read off the same run (``Decoded.at``), which
-is exactly what a run with budget t returns. Per-claim results are appended to
-``<out>.claims.jsonl`` as they come, so an interrupted run resumes where it stopped.
+For every claim the target's constrained greedy ranking is computed once; every method then runs
+once per budget on the same session (its KV of the last ranking forgotten, so each run pays its own
+passes). Per-claim results are appended to ``<out>.claims.jsonl`` as they come, so an interrupted run
+resumes where it stopped.
 
     .venv/bin/python benchmarks/fidelity.py --target random-llama --queries 100 \\
-        --agent rsd=random-llama --agent rsd-stage1=runs/agents/random-llama-eq/stage1 \\
+        --agent rsd=random-llama --baselines sdm,blockwise,medusa,pdm,first-ft,rankzephyr-ft,first-sd \\
         --out benchmarks/results/fidelity-random-llama
 
-Writes ``<out>.json`` and ``<out>.md``. Queries come from BEIR SciFact *test* claims (BM25 top 20).
+Baselines' heads and fine-tuned rankers come from ``rsd-rerank finetune`` (their default folders, or
+``--ranker METHOD=DIR``). Writes ``<out>.json`` and ``<out>.md``. Queries come from BEIR SciFact
+*test* claims (BM25 top 20).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from tqdm import tqdm
 from rsd_rerank.agent import AgentProposer, exploration_report, resolve_agent
 from rsd_rerank.decoding import decode
 from rsd_rerank.files import atomic_write
+from rsd_rerank.methods import BUDGETED, DecodingConfig, rank
 from rsd_rerank.metrics import MEASURES, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.proposers import PROPOSERS
@@ -34,6 +40,8 @@ from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import load_target
 
 PAIRED_BUDGET = 5
+BASELINES = ("sdm", "blockwise", "medusa", "pdm", "first-ft", "rankzephyr-ft", "first-sd")
+"""The paper's baselines (``--baselines``); ``gsd`` and ``consensus`` always run."""
 
 
 def bootstrap(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float, float]:
@@ -42,8 +50,20 @@ def bootstrap(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tu
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def _run(session: TargetSession, decoder) -> dict:
+    """One decoding run from a cold verified-ranking cache: ranking, passes, tokens fed, decode seconds."""
+    session.forget()
+    fed = len(session.fed_tokens)
+    decoded = decoder(session)
+    return {
+        "ranking": decoded.ranking,
+        "passes": decoded.trace.passes,
+        "tokens": sum(session.fed_tokens[fed:]),
+        "seconds": decoded.trace.decode_seconds,
+    }
+
+
 def run_claims(args, target, requests, prompt: PromptConfig, proposers, done: dict) -> None:
-    t_max = max(args.budgets)
     with open(args.claims, "a") as log:
         for request in tqdm(requests, desc=f"fidelity {target.name}", unit="claim"):
             qid = str(request.query.qid)
@@ -54,17 +74,21 @@ def run_claims(args, target, requests, prompt: PromptConfig, proposers, done: di
             k = session.k
             record = {"qid": qid, "target": greedy, "k": k, "methods": {}}
             for name, proposer in proposers.items():
-                decoded = decode(session, proposer(session), t_max)
                 record["methods"][name] = {
-                    str(t): {"ranking": decoded.at(t)[0].tolist(), "passes": min(t, decoded.trace.passes)}
-                    for t in [0, *args.budgets]
+                    str(t): _run(session, lambda s, p=proposer, t=t: decode(s, p(s), t)) for t in [0, *args.budgets]
+                }
+            for name in args.baselines:
+                ranker = args.rankers.get(name)
+                record["methods"][name] = {
+                    str(t): _run(session, lambda s, c=DecodingConfig(name, t, ranker=ranker): rank(s, c))
+                    for t in (args.budgets if name in BUDGETED else [0])
                 }
             log.write(json.dumps(record) + "\n")
             log.flush()
             done[qid] = record
 
 
-def summarise(args, target_name: str, records: list[dict]) -> dict:
+def summarise(args, target_name: str, records: list[dict], agents: list[str]) -> dict:
     rng = np.random.default_rng(0)
     targets = np.array([r["target"] for r in records])
     k = targets.shape[1]
@@ -72,8 +96,16 @@ def summarise(args, target_name: str, records: list[dict]) -> dict:
     std = np.array([r["methods"]["gsd"]["0"]["ranking"] for r in records])
     rows, per_claim = [], {}
 
-    def add(method: str, budget: int, rankings: np.ndarray, passes: np.ndarray) -> None:
-        row = {"method": method, "T": budget, "passes": float(passes.mean())}
+    def add(method: str, budget: int, rankings: np.ndarray, runs: list[dict]) -> None:
+        passes = np.array([r["passes"] for r in runs], dtype=float)
+        tokens = np.array([r["tokens"] for r in runs], dtype=float)
+        row = {
+            "method": method,
+            "T": budget,
+            "passes": float(passes.mean()),
+            "tokens_per_pass": float(tokens.sum() / passes.sum()) if passes.sum() else 0.0,
+            "decode_seconds": float(np.mean([r["seconds"] for r in runs])),
+        }
         for metric, measure in MEASURES.items():
             values = measure.fn(rankings, targets).astype(float)
             row[metric] = bootstrap(values, rng)
@@ -81,20 +113,25 @@ def summarise(args, target_name: str, records: list[dict]) -> dict:
                 per_claim[(method, budget)] = values
         rows.append(row)
 
-    add("std", 0, std, np.zeros(len(records)))
+    add("std", 0, std, [r["methods"]["gsd"]["0"] for r in records])
     for method in records[0]["methods"]:
-        for t in args.budgets:
-            rankings = np.array([r["methods"][method][str(t)]["ranking"] for r in records])
-            passes = np.array([r["methods"][method][str(t)]["passes"] for r in records])
-            add(method, t, rankings, passes)
+        for t in records[0]["methods"][method]:
+            if t == "0" and method in ("gsd", "consensus", *agents):
+                continue  # the STD order again
+            rankings = np.array([r["methods"][method][t]["ranking"] for r in records])
+            add(method, int(t), rankings, [r["methods"][method][t] for r in records])
     paired = []
-    for method in records[0]["methods"]:
-        if method in PROPOSERS or PAIRED_BUDGET not in args.budgets:
-            continue
-        for baseline in ("consensus", "gsd"):
-            diff = per_claim[(method, PAIRED_BUDGET)] - per_claim[(baseline, PAIRED_BUDGET)]
+    baselines = [m for m in records[0]["methods"] if m not in agents]
+    for method in agents:
+        if PAIRED_BUDGET not in args.budgets:
+            break
+        for baseline in baselines + ["std"]:
+            t = PAIRED_BUDGET if (baseline, PAIRED_BUDGET) in per_claim else 0
+            diff = per_claim[(method, PAIRED_BUDGET)] - per_claim[(baseline, t)]
             mean, lo, hi = bootstrap(diff, rng)
-            paired.append({"method": method, "baseline": baseline, "T": PAIRED_BUDGET, "KT_diff": [mean, lo, hi]})
+            paired.append(
+                {"method": method, "baseline": baseline, "T": PAIRED_BUDGET, "baseline_T": t, "KT_diff": [mean, lo, hi]}
+            )
     for pair in args.pair:
         method, _, baseline = pair.partition(":")
         diff = per_claim[(method, PAIRED_BUDGET)] - per_claim[(baseline, PAIRED_BUDGET)]
@@ -129,19 +166,21 @@ def markdown(summary: dict, exploration: dict | None) -> str:
         f"Target difficulty: KT(greedy, identifier order) = {fmt(d['KT_greedy_vs_identifier_order'])}; "
         f"KT(greedy, STD) = {fmt(d['KT_greedy_vs_std'])}.",
         "",
-        "| method | T | passes | KT | SR | FD | KD |",
-        "|---|---|---|---|---|---|---|",
+        "| method | T | passes | tokens/pass | decode s/query | KT | SR | FD | KD |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["rows"]:
         lines.append(
-            f"| {r['method']} | {r['T']} | {r['passes']:.2f} | {fmt(r['KT'])} | {fmt(r['SR'])} | "
-            f"{r['FD'][0]:.1f} | {r['KD'][0]:.1f} |"
+            f"| {r['method']} | {r['T']} | {r['passes']:.2f} | {r['tokens_per_pass']:.0f} | "
+            f"{r['decode_seconds']:.3f} | {fmt(r['KT'])} | {fmt(r['SR'])} | {r['FD'][0]:.1f} | {r['KD'][0]:.1f} |"
         )
     if summary["paired_kt_difference"]:
-        lines += ["", f"Paired bootstrap, per-claim KT difference at T = {PAIRED_BUDGET}:", ""]
-        lines += ["| agent | minus | mean [95% CI] | above zero |", "|---|---|---|---|"]
+        lines += ["", f"Paired bootstrap, per-claim KT difference of each agent at T = {PAIRED_BUDGET}:", ""]
+        lines += ["| agent | minus | at T | mean [95% CI] | above zero |", "|---|---|---|---|---|"]
         for p in summary["paired_kt_difference"]:
-            lines.append(f"| {p['method']} | {p['baseline']} | {fmt(p['KT_diff'])} | {p['KT_diff'][1] > 0} |")
+            lines.append(
+                f"| {p['method']} | {p['baseline']} | {p['baseline_T']} | {fmt(p['KT_diff'])} | {p['KT_diff'][1] > 0} |"
+            )
     if exploration:
         lines += [
             "",
@@ -160,16 +199,27 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[1, 3, 5, 7])
     p.add_argument("--agent", action="append", default=[], help="NAME=CHECKPOINT (dir or bundled name); repeat")
     p.add_argument("--pair", action="append", default=[], help="A:B, also report the paired KT difference A - B")
+    p.add_argument(
+        "--baselines",
+        type=lambda s: [m for m in s.split(",") if m],
+        default=[],
+        help=f"comma-separated, of {','.join(BASELINES)}",
+    )
+    p.add_argument("--ranker", action="append", default=[], help="METHOD=DIR: a baseline's heads or fine-tune")
     p.add_argument("--max-passage-words", type=int, default=PromptConfig.max_passage_words)
     p.add_argument("--out", type=Path, required=True, help="output stem: writes .json, .md, .claims.jsonl")
     args = p.parse_args(argv)
     args.claims = args.out.with_suffix(".claims.jsonl")
+    unknown = [m for m in args.baselines if m not in BASELINES]
+    if unknown:
+        p.error(f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    args.rankers = dict(spec.split("=", 1) for spec in args.ranker)
     torch.manual_seed(0)
 
     target = load_target(args.target)
     requests = read_requests(args.requests)[: args.queries]
     k = len(requests[0].candidates)
-    proposers = {name: (lambda s, cls=cls: cls()) for name, cls in PROPOSERS.items()}
+    proposers = {name: (lambda s, cls=PROPOSERS[name]: cls()) for name in ("gsd", "consensus")}
     agents = {}
     for spec in args.agent:
         name, _, checkpoint = spec.partition("=")
@@ -180,13 +230,13 @@ def main(argv=None) -> int:
     if args.claims.exists():
         for line in args.claims.read_text().splitlines():
             record = json.loads(line)
-            if set(record["methods"]) == set(proposers):
+            if set(record["methods"]) == {*proposers, *args.baselines}:
                 done[record["qid"]] = record
     args.out.parent.mkdir(parents=True, exist_ok=True)
     prompt = PromptConfig(max_passage_words=args.max_passage_words)
     run_claims(args, target, requests, prompt, proposers, done)
     records = [done[str(r.query.qid)] for r in requests]
-    summary = summarise(args, target.name, records)
+    summary = summarise(args, target.name, records, list(agents))
 
     exploration = None
     if agents:

@@ -57,11 +57,12 @@ class RSDReranker(ListwiseRankLLM):
         prompt_template_path: a RankLLM ``singleturn_listwise`` template (name of a bundled one, or
             a path); its output format picks the identifiers: letters (``rank_zephyr_alpha_template.yaml``,
             the default) or numbers (RankZephyr's ``rank_zephyr_template.yaml``, any window size).
-        method: ``rsd`` (the learned agent), ``greedy`` (the LLM's own ranking), ``std``, ``gsd`` or
-            ``consensus``.
+        method: ``rsd`` (the learned agent), ``greedy`` (the LLM's own ranking), ``std``, ``gsd``,
+            ``consensus``, or one of the paper's baselines (``rsd_rerank.methods.METHODS``).
         budget: LLM verification passes per window.
         agent: for ``rsd``, an agent checkpoint directory or bundled name; None picks the bundled
             agent trained on the model (``RSDReranker()`` uses the embedded SmolLM2's).
+        ranker: a baseline's heads, fine-tuned ranker or drafter (``DecodingConfig.ranker``).
         window_size, stride, context_size, max_passage_words: as in RankLLM.
         device, dtype: where and in what precision a model loaded by name runs (``load_target``).
         batch_size, max_batch_tokens: windows decoded together (``rsd_rerank.runs.BatchConfig``).
@@ -81,6 +82,7 @@ class RSDReranker(ListwiseRankLLM):
         method: str = DecodingConfig.method,
         budget: int = DecodingConfig.budget,
         agent: str | None = None,
+        ranker: str | None = None,
         window_size: int = 20,
         stride: int = 10,
         context_size: int = PromptConfig.context_size,
@@ -99,7 +101,7 @@ class RSDReranker(ListwiseRankLLM):
                 f"rank_zephyr_template.yaml takes any), got {window_size}"
             )
         self._target: Target = load_target(model, tokenizer, device=device, dtype=dtype)
-        self._decoding = DecodingConfig(method, budget, agent)
+        self._decoding = DecodingConfig(method, budget, agent, ranker)
         self._batching = BatchConfig(batch_size, max_batch_tokens)
         self._prompt_config = PromptConfig(template, max_passage_words, context_size)
         self.passage_words: list[int | None] = []
@@ -339,6 +341,7 @@ def rerank_windowed(
         method=decoding.method,
         budget=decoding.budget,
         agent=decoding.agent,
+        ranker=decoding.ranker,
         window_size=windows.window_size,
         stride=windows.stride,
         context_size=prompt.context_size,

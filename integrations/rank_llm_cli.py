@@ -43,6 +43,7 @@ def rsd_model_paths(decoding: DecodingConfig, device: str, dtype: str) -> Iterat
             method=decoding.method,
             budget=decoding.budget,
             agent=decoding.agent,
+            ranker=decoding.ranker,
             window_size=kwargs.get("window_size", 20),
             stride=kwargs.get("stride", 10),
             context_size=kwargs.get("context_size", 4096),

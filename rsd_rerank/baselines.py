@@ -40,11 +40,13 @@ RANKERS = {"first-ft": "first-ft", "rankzephyr-ft": "rankzephyr-ft", "first-sd":
 MEDUSA_TREE = (3, 3, 3)
 """Medusa's tree under the bonus item: the paper's [1, 3, 3, 3] (1 + 3 + 9 + 27 nodes a pass)."""
 MEDUSA_HEADS = len(MEDUSA_TREE)
+BLOCKWISE_TOP = 5
+"""Blockwise's top-5 selection: the first head's 5 best items, each continued by the other heads' best."""
 
 
 def heads_widths(method: str, heads: Heads) -> tuple[int, ...]:
-    """The draft tree's widths per depth: Medusa's tree, or Blockwise's chain through every head."""
-    return MEDUSA_TREE if method == "medusa" else (1,) * heads.count
+    """The draft tree's widths per depth: Medusa's tree, or Blockwise's top-5 chains through every head."""
+    return MEDUSA_TREE if method == "medusa" else (BLOCKWISE_TOP,) + (1,) * (heads.count - 1)
 
 
 class Heads(nn.Module):

@@ -195,8 +195,8 @@ def _greedy_after(row: torch.Tensor, placed: list[int]) -> int:
 
 def draft_tree(scores: torch.Tensor, placed: list[int], widths: Sequence[int]) -> list[tuple[int, ...]]:
     """The nodes of a draft tree after ``placed``: depth d branches into the ``widths[d]`` best items of
-    head d ([J, K] ``scores``) not on its path. Widths [1, 1, …] make a chain (Blockwise); Medusa's
-    [3, 3, 3] under the bonus is the paper's [1, 3, 3, 3] tree."""
+    head d ([J, K] ``scores``) not on its path. Widths [5, 1, 1, …] make Blockwise's five chains (its
+    top-5 selection); Medusa's [3, 3, 3] under the bonus is the paper's [1, 3, 3, 3] tree."""
     nodes: list[tuple[int, ...]] = []
     frontier: list[tuple[int, ...]] = [()]
     order = torch.argsort(scores, dim=-1, descending=True, stable=True).tolist()

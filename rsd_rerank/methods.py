@@ -9,6 +9,7 @@ its own rankings (``rsd_rerank.baselines``).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -129,17 +130,31 @@ def _drafter(session: TargetSession, config: DecodingConfig) -> Target | None:
     return drafter
 
 
+_DRAFTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per session: a drafter's first-slot scores of its queries and the seconds they took, so that
+runs of one session under several budgets prefill the drafter once (and each is charged its seconds)."""
+
+
+def _drafts(session: TargetSession, config: DecodingConfig, queries: list[int]) -> tuple[dict, float]:
+    """The drafter's [K] scores per query and the seconds of its prefill (with loading)."""
+    key = (config.method in RANKERS and RANKERS[config.method], config.ranker, tuple(queries))
+    memo = _DRAFTS.setdefault(session, {})
+    if key not in memo:
+        start = session.clock()
+        drafter = _drafter(session, config)
+        if drafter is None:
+            scores = {q: session.first_slot(q) for q in queries}
+        else:  # the drafter reads the same prompts (same tokenizer): its own prefill, timed with the method
+            drafting = TargetSession.from_prompts(drafter, [session.prompts[q] for q in queries])
+            scores = {q: drafting.first_slot(i).to(session.device) for i, q in enumerate(queries)}
+        memo[key] = (scores, session.clock() - start)
+    return memo[key]
+
+
 def _drafted(session: TargetSession, config: DecodingConfig, queries: list[int]) -> dict[int, Decoded]:
     """``sdm``, ``first-sd`` (a drafter's first-slot order verified under the budget) and ``first-ft``,
     ``rankzephyr-ft`` (a fine-tuned ranker's first-slot order, no pass of the target)."""
-    start = session.clock()
-    drafter = _drafter(session, config)
-    if drafter is None:
-        scores = {q: session.first_slot(q) for q in queries}
-    else:  # the drafter reads the same prompts (same tokenizer): its own prefill, timed with the method
-        drafting = TargetSession.from_prompts(drafter, [session.prompts[q] for q in queries])
-        scores = {q: drafting.first_slot(i).to(session.device) for i, q in enumerate(queries)}
-    drafting_seconds = session.clock() - start
+    scores, drafting_seconds = _drafts(session, config, queries)
     budget = 0 if config.method in ("first-ft", "rankzephyr-ft") else config.budget
     proposers = {q: DrafterProposer(scores[q], budget) for q in queries}
     decoded = decode_many(session, proposers, budget, initial=scores)

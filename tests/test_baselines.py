@@ -133,7 +133,8 @@ def test_medusa_feeds_its_1_3_3_3_tree_in_one_pass(tiny_llama, companions, query
     assert session.fed_tokens == [(1 + 3 + 9 + 27) * session._step]  # the bonus, then 3, 9 and 27 nodes
     session.forget()
     rank(session, DecodingConfig("blockwise", 1, ranker=companions["blockwise"]))
-    assert session.fed_tokens[1:] == [(1 + 11) * session._step]  # the bonus and a chain through the 11 heads
+    # The bonus, then the first head's 5 best items, each continued through the other 10 heads.
+    assert session.fed_tokens[1:] == [(1 + 5 * 11) * session._step]
 
 
 def test_a_missing_or_foreign_companion_is_a_clear_error(tiny_llama, companions, query_docs, tmp_path):
