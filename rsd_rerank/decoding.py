@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rsd_rerank.proposers import Proposer, Round
-from rsd_rerank.session import TargetSession, Verification
+from rsd_rerank.session import TargetSession, Verification, greedy_item
 
 __all__ = [
     "Decoded",
@@ -186,13 +186,6 @@ def decode(session: TargetSession, proposer: Proposer, budget: int, trajectories
     return decode_many(session, {query: proposer}, budget, trajectories)[query]
 
 
-def _greedy_after(row: torch.Tensor, placed: list[int]) -> int:
-    """The row's best item among those not in ``placed``."""
-    if not placed:
-        return int(row.argmax())
-    return int(row.index_fill(0, torch.tensor(placed, device=row.device), float("-inf")).argmax())
-
-
 def draft_tree(scores: torch.Tensor, placed: list[int], widths: Sequence[int]) -> list[tuple[int, ...]]:
     """The nodes of a draft tree after ``placed``: depth d branches into the ``widths[d]`` best items of
     head d ([J, K] ``scores``) not on its path. Widths [5, 1, 1, …] make Blockwise's five chains (its
@@ -217,7 +210,7 @@ def heads_order(scores: torch.Tensor, placed: list[int]) -> list[int]:
     for head in scores:
         if len(order) == k:
             break
-        order.append(_greedy_after(head, order))
+        order.append(greedy_item(head, order))
     rest = [i for i in torch.argsort(scores[-1], descending=True, stable=True).tolist() if i not in set(order)]
     return order + rest
 
@@ -242,7 +235,7 @@ def tree_decode(
     start, before = session.clock(), session.query_passes[query]
     unembedding = session.identifier_unembedding(query)
     row, hidden = session.first_slot(query), session.first_hidden(query)
-    fixed = [_greedy_after(row, [])]
+    fixed = [greedy_item(row, [])]
     accepted_rounds: list[list[int]] = []
     with torch.no_grad():
         for _ in range(budget):
@@ -256,7 +249,7 @@ def tree_decode(
                 row, hidden = expansion.prefix_row, expansion.prefix_hidden
             else:
                 row, hidden = expansion.rows[expansion.node], expansion.hidden[expansion.node]
-            fixed.append(_greedy_after(row, fixed))
+            fixed.append(greedy_item(row, fixed))
         ranking = heads_order(heads(hidden, unembedding), fixed) if len(fixed) < k else fixed
     trace = traced(session, start, before, query)
     trace.accepted = accepted_rounds

@@ -43,7 +43,15 @@ from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, request_prompt
 from rsd_rerank.targets import Target
 from rsd_rerank.tree import Block, Read, Trie
 
-__all__ = ["Expansion", "Generation", "TargetSession", "Verification", "accepted_length", "greedy_choices"]
+__all__ = [
+    "Expansion",
+    "Generation",
+    "TargetSession",
+    "Verification",
+    "accepted_length",
+    "greedy_choices",
+    "greedy_item",
+]
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -99,6 +107,13 @@ def greedy_choices(rankings: torch.Tensor, matrices: torch.Tensor) -> torch.Tens
     position = torch.argsort(rankings, dim=1)  # [B, K] slot of each item
     placed = position[:, None, :] < torch.arange(k, device=rankings.device)[None, :, None]  # [B, slot, item]
     return matrices.masked_fill(placed, float("-inf")).argmax(dim=-1)
+
+
+def greedy_item(row: torch.Tensor, placed: Sequence[int]) -> int:
+    """The best item of a [K] row among those not in ``placed``."""
+    if not placed:
+        return int(row.argmax())
+    return int(row.index_fill(0, torch.tensor(list(placed), device=row.device), float("-inf")).argmax())
 
 
 def accepted_length(rankings: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
@@ -563,13 +578,10 @@ class TargetSession:
         node_rows, node_hidden = rows[n_fed:], hidden[n_fed:]
         index = {p: i for i, p in enumerate(paths)}
 
-        def greedy_after(row: torch.Tensor, placed: Sequence[int]) -> int:
-            return int(row.index_fill(0, torch.tensor(list(placed), device=row.device), float("-inf")).argmax())
-
         accepted: tuple[int, ...] = ()
         while True:
             row = prefix_row if not accepted else node_rows[index[accepted]]
-            child = accepted + (greedy_after(row, prefix + list(accepted)),)
+            child = accepted + (greedy_item(row, prefix + list(accepted)),)
             if child not in index:
                 break
             accepted = child

@@ -26,6 +26,7 @@ from rsd_rerank.baselines import HEADS, MEDUSA_HEADS, Heads, save_heads
 from rsd_rerank.files import atomic_write, replacing
 from rsd_rerank.prompt import PromptConfig, request_prompts
 from rsd_rerank.runs import BatchConfig, batches
+from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, cache_dir, weights_fingerprint
 
 __all__ = ["FINETUNED", "FinetuneConfig", "finetune"]
@@ -79,7 +80,7 @@ def _teacher(
     key = {"target": weights_fingerprint(target.model), "prompt": asdict(prompt), "hidden": hidden}
     out: list[dict[str, torch.Tensor] | None] = [None] * len(requests)
     bar = tqdm(total=len(requests), desc=f"teacher ({target.name})", unit="query")
-    for group, session in _lazy_sessions(target, prompts, batching):
+    for group in batches([len(p.token_ids) for p in prompts], batching):
         payload = json.dumps(
             {**key, "queries": [[r.query.text, [c.docid for c in r.candidates]] for r in (requests[i] for i in group)]},
             sort_keys=True,
@@ -89,7 +90,7 @@ def _teacher(
         if path.exists():
             entries = load_file(str(path))
         else:
-            entries = _teacher_batch(session(), hidden)
+            entries = _teacher_batch(TargetSession.from_prompts(target, [prompts[i] for i in group]), hidden)
             with replacing(path) as tmp:
                 save_file(entries, str(tmp))
         for j, i in enumerate(group):
@@ -97,14 +98,6 @@ def _teacher(
         bar.update(len(group))
     bar.close()
     return out  # type: ignore[return-value]
-
-
-def _lazy_sessions(target: Target, prompts: list, batching: BatchConfig):
-    """The groups of ``batched_sessions``, each with a function that builds its session (skipped when cached)."""
-    from rsd_rerank.session import TargetSession
-
-    for group in batches([len(p.token_ids) for p in prompts], batching):
-        yield group, lambda group=group: TargetSession.from_prompts(target, [prompts[i] for i in group])
 
 
 def _teacher_batch(session, hidden: bool) -> dict[str, torch.Tensor]:
