@@ -2,19 +2,8 @@
 # Reproduces the bundled agents and the fidelity benchmarks (README: "Agents"). Resumable: rerun after a kill.
 # Needs `bash scripts/setup.sh` first. Training data: SciFact's 809 training claims (all claims minus the
 # 300 test claims), BM25 top 20; the benchmarks use the first 100 test claims. CPU: about an hour on 2 cores.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="$PWD/.venv/bin:$PATH"
-INDEX=indexes/beir-scifact
-TRAIN=data/scifact/train.top20.jsonl
-TEST=data/scifact/test.top20.jsonl
+source "$(dirname "$0")/scifact_requests.sh"
 AGENTS=runs/agents
-
-[ -d "$INDEX" ] || rsd-rerank index --dataset beir/scifact --index "$INDEX"
-[ -f "$TRAIN" ] || rsd-rerank retrieve --index "$INDEX" --dataset beir/scifact --exclude beir/scifact/test \
-    --hits 100 --output runs/bm25.scifact-train.trec --requests "$TRAIN"
-[ -f "$TEST" ] || rsd-rerank retrieve --index "$INDEX" --dataset beir/scifact/test \
-    --hits 100 --output runs/bm25.scifact-test.trec --requests "$TEST"
 
 train() {  # OUT, then `rsd-rerank train` options; skipped when OUT holds a finished agent
     local out=$1; shift

@@ -3,18 +3,8 @@
 # after a kill (the teacher is cached per batch, LoRA runs continue with --resume, finished ones are skipped).
 # Needs `bash scripts/setup.sh` first. Training data: SciFact training claims only (BM25 top 20); the
 # comparison uses the first 100 test claims. CPU: about an hour and a half on 2 cores.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="$PWD/.venv/bin:$PATH"
-INDEX=indexes/beir-scifact
-TRAIN=data/scifact/train.top20.jsonl
-TEST=data/scifact/test.top20.jsonl
+source "$(dirname "$0")/scifact_requests.sh"
 CACHE=${RSD_RERANK_CACHE:-$HOME/.cache/rsd-rerank}/baselines
-
-[ -f "$TRAIN" ] || rsd-rerank retrieve --index "$INDEX" --dataset beir/scifact --exclude beir/scifact/test \
-    --hits 100 --output runs/bm25.scifact-train.trec --requests "$TRAIN"
-[ -f "$TEST" ] || rsd-rerank retrieve --index "$INDEX" --dataset beir/scifact/test \
-    --hits 100 --output runs/bm25.scifact-test.trec --requests "$TEST"
 head -n 120 "$TRAIN" > data/scifact/train120.top20.jsonl
 
 finetune() {  # TARGET-FOLDER METHOD, then `rsd-rerank finetune` options; skipped when finished
