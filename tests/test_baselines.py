@@ -201,6 +201,8 @@ def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(tiny_llama, t
             finetune(tiny_llama, requests, config, tmp_path / "cut", prompt)
     with pytest.raises(ValueError, match="--resume"):
         finetune(tiny_llama, requests, config, tmp_path / "cut", prompt)
+    with pytest.raises(ValueError, match="training queries"):
+        finetune(tiny_llama, requests[:2], config, tmp_path / "cut", prompt, resume=True)
     finetune(tiny_llama, requests, config, tmp_path / "cut", prompt, resume=True)
     whole = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
     cut = load_file(str(tmp_path / "cut" / "adapter" / "adapter_model.safetensors"))

@@ -189,10 +189,18 @@ def _train_lora(
     orders = [torch.randperm(len(prompts), generator=generator).tolist() for _ in range(config.epochs)]
     steps = [(e, i) for e, order in enumerate(orders) for i in order]
     done, losses = 0, []
+    data = hashlib.sha256(json.dumps([list(p.token_ids) for p in prompts]).encode()).hexdigest()[:16]
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(config) or state["base"] != weights_fingerprint(target.model):
-            raise ValueError(f"{checkpoint} is from another run (config or target); remove it or choose another --out")
+        if (state["config"], state["base"], state.get("data")) != (
+            asdict(config),
+            weights_fingerprint(target.model),
+            data,
+        ):
+            raise ValueError(
+                f"{checkpoint} is from another run (settings, target or training queries); "
+                "pass --overwrite to restart, or choose another --out"
+            )
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         done, losses = state["done"], state["losses"]
@@ -222,6 +230,7 @@ def _train_lora(
             state = {
                 "config": asdict(config),
                 "base": weights_fingerprint(target.model),
+                "data": data,
                 "adapter": get_peft_model_state_dict(model),
                 "optimizer": optimizer.state_dict(),
                 "done": step + 1,
