@@ -209,3 +209,33 @@ def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(tiny_llama, t
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
     meta = json.loads((tmp_path / "cut" / "ranker.json").read_text())
     assert meta["method"] == "first-ft" and not (tmp_path / "cut" / "checkpoint.pt").exists()
+
+
+def test_compare_runs_every_baseline_with_its_companion(train_requests, companions, tmp_path):
+    out = tmp_path / "compare"
+    argv = ["compare", "--model", "random-llama", "--device", "cpu", "--max-passage-words", "20", "--budgets", "1,2"]
+    argv += ["--requests", str(train_requests), "--methods", "sdm,pdm,medusa,first-ft,first-sd,greedy"]
+    argv += ["--ranker", f"medusa={companions['medusa']}", "--out", str(out)]
+    # The tiny target's companions are foreign to random-llama: the error names the one it refused.
+    assert main([*argv, "--ranker", f"first-ft={companions['first-ft']}"]) == 2
+    assert main(["compare", "--ranker", "gsd=x", *argv[1:]]) == 2  # a method not in --methods
+    full = random_llama()
+    for method in ("medusa", "first-ft"):
+        if method == "medusa":
+            heads = Heads(full.model.config.hidden_size, len(MEDUSA_TREE))
+            save_heads(tmp_path / method, heads, full, method, {})
+        else:
+            finetune(
+                full,
+                read_requests(train_requests)[:1],
+                FinetuneConfig(method, epochs=1),
+                tmp_path / method,
+                PromptConfig(max_passage_words=20),
+            )
+    argv[argv.index(f"medusa={companions['medusa']}")] = f"medusa={tmp_path / 'medusa'}"
+    argv += ["--ranker", f"first-ft={tmp_path / 'first-ft'}", "--ranker", f"first-sd={tmp_path / 'first-ft'}"]
+    assert main(argv) == 0
+    rows = {(r["method"], r["T"]) for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    for method in ("sdm", "pdm", "medusa", "first-sd"):
+        assert {(method, 1), (method, 2)} <= rows, method
+    assert ("first-ft", 0) in rows and ("first-ft", 1) not in rows
