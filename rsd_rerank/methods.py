@@ -21,7 +21,7 @@ from rsd_rerank.proposers import PROPOSERS, DrafterProposer, GSDProposer, Propos
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, load_target, tokenizer_fingerprint
 
-__all__ = ["BUDGETED", "METHODS", "DecodingConfig", "proposer_for", "rank", "rank_many"]
+__all__ = ["BUDGETED", "METHODS", "TRAINED_BASELINES", "DecodingConfig", "proposer_for", "rank", "rank_many"]
 
 METHODS = (
     "greedy",
@@ -44,6 +44,8 @@ GSD's rule once the budget is spent), ``blockwise`` and ``medusa`` (prediction h
 [1, 3, 3, 3] tree verified per pass), ``pdm`` (Jacobi), ``first-ft`` / ``rankzephyr-ft`` (STD on the
 target fine-tuned with FIRST's or RankZephyr's loss), ``first-sd`` (the FIRST fine-tune drafts)."""
 BUDGETED = ("gsd", "consensus", "rsd", "sdm", "blockwise", "medusa", "pdm", "first-sd")
+TRAINED_BASELINES = (*HEADS, *RANKERS)
+"""The methods that need heads or a fine-tuned ranker made by ``rsd-rerank finetune``."""
 """The methods whose result depends on the budget T."""
 
 

@@ -27,43 +27,6 @@ def _request(rng: random.Random, k: int) -> tuple[str, list[str]]:
     return " ".join(rng.choice(words) for _ in range(4)), docs
 
 
-@pytest.fixture(scope="module")
-def train_requests(tmp_path_factory, requests_json):
-    """Three training requests of 12 candidates (the examples' passages under three qids)."""
-    records = [
-        {
-            "query": {"qid": f"t{i}", "text": requests_json[i % 2]["query"]["text"]},
-            "candidates": requests_json[i % 2]["candidates"][i : i + 12],
-        }
-        for i in range(3)
-    ]
-    path = tmp_path_factory.mktemp("baselines") / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-@pytest.fixture(scope="module")
-def companions(tiny_llama, train_requests, tmp_path_factory):
-    """Heads and fine-tuned rankers for the tiny target, made here (seconds): the heads through the CLI."""
-    root = tmp_path_factory.mktemp("companions")
-    requests = read_requests(train_requests)
-    prompt = PromptConfig(max_passage_words=20)
-    for method in ("first-ft", "rankzephyr-ft"):
-        finetune(tiny_llama, requests, FinetuneConfig(method, epochs=1), root / method, prompt)
-    for method in ("blockwise", "medusa"):
-        # Random heads draft something other than the target's order (trained ones on 3 queries barely would).
-        heads = Heads(tiny_llama.model.config.hidden_size, len(MEDUSA_TREE) if method == "medusa" else 11)
-        with torch.no_grad():
-            for block in heads.blocks:
-                block.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(method)))
-        save_heads(root / method, heads, tiny_llama, method, {})
-    return {m: str(root / m) for m in ("blockwise", "medusa", "first-ft", "rankzephyr-ft")} | {
-        "first-sd": str(root / "first-ft"),
-        "sdm": None,
-        "pdm": None,
-    }
-
-
 def _close(a, b):
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 

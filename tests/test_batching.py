@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from rsd_rerank.decoding import decode, decode_many
-from rsd_rerank.methods import METHODS, DecodingConfig, rank_many
+from rsd_rerank.methods import METHODS, TRAINED_BASELINES, DecodingConfig, rank_many
 from rsd_rerank.prompt import PromptConfig, build_prompt
 from rsd_rerank.proposers import ConsensusProposer, GSDProposer
 from rsd_rerank.runs import BatchConfig, batches, read_requests
 from rsd_rerank.session import TargetSession
+
+TARGET_ONLY = [m for m in METHODS if m not in TRAINED_BASELINES]  # no companion to train for the full targets
 
 TOL = 1e-4
 WORDS = "ocean tide vitamin bone protein cell gene light salt storm reef fish virus lung heart brain".split()
@@ -80,8 +82,8 @@ def test_batched_trajectories_of_several_queries(tiny_llama, mixed):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_batched_equals_one_at_a_time(tiny_llama, mixed, method):
-    config = DecodingConfig(method, 3, agent="random-llama" if method == "rsd" else None)
+def test_every_method_batched_equals_one_at_a_time(tiny_llama, mixed, companions, method):
+    config = DecodingConfig(method, 3, agent="random-llama" if method == "rsd" else None, ranker=companions.get(method))
     batch = rank_many(TargetSession.from_prompts(tiny_llama, mixed), config)
     for q, prompt in enumerate(mixed):
         alone = rank_many(TargetSession.from_prompt(tiny_llama, prompt), config)[0]
@@ -131,12 +133,12 @@ def test_fifty_scifact_requests_batched_equal_one_at_a_time(request, target, k, 
         # One session per batch serves every method (forget() between), as compare does.
         for group in batches([len(p.token_ids) for p in prompts], BatchConfig(size)):
             session = TargetSession.from_prompts(model, [prompts[i] for i in group])
-            for method in METHODS:
+            for method in TARGET_ONLY:
                 session.forget()
                 decoded = rank_many(session, DecodingConfig(method, 5))
                 for q, i in enumerate(group):
                     rankings[size, method, i] = decoded[q].ranking
-    for method in METHODS:
+    for method in TARGET_ONLY:
         for i in range(len(requests)):
             assert rankings[8, method, i] == rankings[1, method, i], (method, i)
 
@@ -153,7 +155,7 @@ def test_rerank_cli_batch_8_writes_the_batch_1_run(tmp_path, requests_json):
         for r in requests_json
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in short))
-    for method in METHODS:
+    for method in TARGET_ONLY:
         runs = []
         for size in ("1", "8"):
             out = tmp_path / f"{method}.{size}.trec"
