@@ -202,3 +202,12 @@ def test_compare_runs_every_baseline_with_its_companion(train_requests, companio
     for method in ("sdm", "pdm", "medusa", "first-sd"):
         assert {(method, 1), (method, 2)} <= rows, method
     assert ("first-ft", 0) in rows and ("first-ft", 1) not in rows
+
+
+def test_a_ranker_reads_its_teacher_from_the_heads_teacher(tiny_llama, train_requests, tmp_path, monkeypatch):
+    monkeypatch.setenv("RSD_RERANK_CACHE", str(tmp_path / "cache"))
+    requests, prompt = read_requests(train_requests), PromptConfig(max_passage_words=20)
+    finetune(tiny_llama, requests, FinetuneConfig("medusa", epochs=1), tmp_path / "medusa", prompt)
+    made = sorted((tmp_path / "cache" / "teacher").iterdir())
+    finetune(tiny_llama, requests, FinetuneConfig("rankzephyr-ft", epochs=1), tmp_path / "rz", prompt)
+    assert sorted((tmp_path / "cache" / "teacher").iterdir()) == made  # no second greedy decoding

@@ -81,13 +81,16 @@ def _teacher(
     out: list[dict[str, torch.Tensor] | None] = [None] * len(requests)
     bar = tqdm(total=len(requests), desc=f"teacher ({target.name})", unit="query")
     for group in batches([len(p.token_ids) for p in prompts], batching):
-        payload = json.dumps(
-            {**key, "queries": [[r.query.text, [c.docid for c in r.candidates]] for r in (requests[i] for i in group)]},
-            sort_keys=True,
-            default=str,
-        )
-        path = directory / f"{hashlib.sha256(payload.encode()).hexdigest()[:24]}.safetensors"
-        if path.exists():
+        queries = [[r.query.text, [c.docid for c in r.candidates]] for r in (requests[i] for i in group)]
+
+        def file(with_hidden: bool, queries=queries) -> Path:
+            payload = json.dumps({**key, "hidden": with_hidden, "queries": queries}, sort_keys=True, default=str)
+            return directory / f"{hashlib.sha256(payload.encode()).hexdigest()[:24]}.safetensors"
+
+        path, richer = file(hidden), file(True)
+        if not hidden and richer.exists():  # a heads teacher holds the rankings too
+            entries = {name: t for name, t in load_file(str(richer)).items() if name.endswith(".target")}
+        elif path.exists():
             entries = load_file(str(path))
         else:
             entries = _teacher_batch(TargetSession.from_prompts(target, [prompts[i] for i in group]), hidden)
