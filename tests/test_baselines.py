@@ -9,7 +9,6 @@ import random
 import pytest
 import torch
 
-from rsd_rerank.baselines import MEDUSA_TREE, Heads, save_heads
 from rsd_rerank.cli import main
 from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.prompt import NUMERIC_TEMPLATE, PromptConfig
@@ -174,34 +173,19 @@ def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(tiny_llama, t
     assert meta["method"] == "first-ft" and not (tmp_path / "cut" / "checkpoint.pt").exists()
 
 
-def test_compare_runs_every_baseline_with_its_companion(train_requests, companions, tmp_path):
-    out = tmp_path / "compare"
-    argv = ["compare", "--model", "random-llama", "--device", "cpu", "--max-passage-words", "20", "--budgets", "1,2"]
-    argv += ["--requests", str(train_requests), "--methods", "sdm,pdm,medusa,first-ft,first-sd,greedy"]
-    argv += ["--ranker", f"medusa={companions['medusa']}", "--out", str(out)]
-    # The tiny target's companions are foreign to random-llama: the error names the one it refused.
-    assert main([*argv, "--ranker", f"first-ft={companions['first-ft']}"]) == 2
-    assert main(["compare", "--ranker", "gsd=x", *argv[1:]]) == 2  # a method not in --methods
-    full = random_llama()
-    for method in ("medusa", "first-ft"):
-        if method == "medusa":
-            heads = Heads(full.model.config.hidden_size, len(MEDUSA_TREE))
-            save_heads(tmp_path / method, heads, full, method, {})
-        else:
-            finetune(
-                full,
-                read_requests(train_requests)[:1],
-                FinetuneConfig(method, epochs=1),
-                tmp_path / method,
-                PromptConfig(max_passage_words=20),
-            )
-    argv[argv.index(f"medusa={companions['medusa']}")] = f"medusa={tmp_path / 'medusa'}"
-    argv += ["--ranker", f"first-ft={tmp_path / 'first-ft'}", "--ranker", f"first-sd={tmp_path / 'first-ft'}"]
-    assert main(argv) == 0
-    rows = {(r["method"], r["T"]) for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
-    for method in ("sdm", "pdm", "medusa", "first-sd"):
+def test_compare_runs_every_baseline_with_its_companion(tiny_llama, train_requests, companions, tmp_path):
+    from rsd_rerank.integrations.compare import compare, summarise
+
+    methods = ["sdm", "pdm", "blockwise", "medusa", "first-ft", "rankzephyr-ft", "first-sd", "greedy"]
+    requests = read_requests(train_requests)
+    records = compare(tiny_llama, requests, None, methods, [1, 2], PromptConfig(max_passage_words=20), companions)
+    rows = {(r["method"], r["T"]) for r in summarise(records, None)}
+    for method in ("sdm", "pdm", "blockwise", "medusa", "first-sd"):
         assert {(method, 1), (method, 2)} <= rows, method
-    assert ("first-ft", 0) in rows and ("first-ft", 1) not in rows
+    assert {("first-ft", 0), ("rankzephyr-ft", 0)} <= rows and ("first-ft", 1) not in rows
+    # The CLI's --ranker METHOD=DIR must name a method of --methods, before any model is loaded.
+    argv = ["compare", "--requests", str(train_requests), "--methods", "medusa", "--out", str(tmp_path / "c")]
+    assert main([*argv, "--ranker", "gsd=x"]) == 2 and main([*argv, "--ranker", "medusa"]) == 2
 
 
 def test_a_ranker_reads_its_teacher_from_the_heads_teacher(tiny_llama, train_requests, tmp_path, monkeypatch):
