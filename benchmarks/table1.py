@@ -77,7 +77,9 @@ def table(summaries: list[dict]) -> tuple[str, dict]:
                 f"{r['decode_seconds']:.3f}",
             ]
         paper = PAPER.get(method, {})
-        parts += [f"{paper[m]}" if m in paper else "—" for m in ("KT", "SR", "FD", "KD")]
+        parts += [
+            f"{paper[m]:.{3 if m in ('KT', 'SR') else 1}f}" if m in paper else "—" for m in ("KT", "SR", "FD", "KD")
+        ]
         lines.append(f"| {label} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n", data
 
