@@ -211,7 +211,8 @@ def heads_order(scores: torch.Tensor, placed: list[int]) -> list[int]:
         if len(order) == k:
             break
         order.append(greedy_item(head, order))
-    rest = [i for i in torch.argsort(scores[-1], descending=True, stable=True).tolist() if i not in set(order)]
+    taken = set(order)
+    rest = [i for i in torch.argsort(scores[-1], descending=True, stable=True).tolist() if i not in taken]
     return order + rest
 
 

@@ -139,7 +139,7 @@ runs of one session under several budgets prefill the drafter once (and each is 
 
 def _drafts(session: TargetSession, config: DecodingConfig, queries: list[int]) -> tuple[dict, float]:
     """The drafter's [K] scores per query and the seconds of its prefill (with loading)."""
-    key = (config.method in RANKERS and RANKERS[config.method], config.ranker, tuple(queries))
+    key = (RANKERS.get(config.method), config.ranker, tuple(queries))
     memo = _DRAFTS.setdefault(session, {})
     if key not in memo:
         start = session.clock()
@@ -157,7 +157,7 @@ def _drafted(session: TargetSession, config: DecodingConfig, queries: list[int])
     """``sdm``, ``first-sd`` (a drafter's first-slot order verified under the budget) and ``first-ft``,
     ``rankzephyr-ft`` (a fine-tuned ranker's first-slot order, no pass of the target)."""
     scores, drafting_seconds = _drafts(session, config, queries)
-    budget = 0 if config.method in ("first-ft", "rankzephyr-ft") else config.budget
+    budget = config.budget if config.method in BUDGETED else 0  # the fine-tunes: their first-slot order alone
     proposers = {q: DrafterProposer(scores[q], budget) for q in queries}
     decoded = decode_many(session, proposers, budget, initial=scores)
     for d in decoded.values():

@@ -41,7 +41,7 @@ from transformers import DynamicCache
 
 from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, request_prompts, warn_context_cuts
 from rsd_rerank.targets import Target
-from rsd_rerank.tree import Block, Read, Trie
+from rsd_rerank.tree import Block, Read, Trie, additive_mask
 
 __all__ = [
     "Expansion",
@@ -564,8 +564,7 @@ class TargetSession:
                 torch.ones(step, step, dtype=torch.bool)
             )
             positions += range(slot * step, slot * step + step)
-        mask = torch.zeros(allowed.shape, dtype=self.target.model.dtype)
-        mask = mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)[None, None].to(self.device)
+        mask = additive_mask(allowed, self.target.model.dtype)[None, None].to(self.device)
         position_ids = self._lengths[query] + torch.tensor([positions], device=self.device)
         keep = torch.tensor(
             [*range(step - 1, n_chain, step), *(start[p] + step - 1 for p in paths)], device=self.device

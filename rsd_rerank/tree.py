@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Block", "Read", "Trie"]
+__all__ = ["Block", "Read", "Trie", "additive_mask"]
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``allowed``, the dtype's minimum elsewhere (what eager and SDPA attention add)."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 @dataclass(frozen=True)
@@ -146,5 +152,4 @@ class Block:
 
     def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """[B, 1, n, Lmax + n]: 0 where allowed, the dtype's minimum elsewhere (what eager and SDPA attention add)."""
-        mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
-        return mask.masked_fill(~self.allowed, torch.finfo(dtype).min)[:, None]
+        return additive_mask(self.allowed, dtype)[:, None]
