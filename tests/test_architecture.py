@@ -117,3 +117,21 @@ def test_mutation_check_catches_every_mutant():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all 10 mutants caught" in done.stdout
+
+
+def test_the_wheel_lists_every_package_and_its_data():
+    """A package missing from pyproject.toml is missing from the wheel (editable installs hide it)."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {
+        ".".join([package, *init.parent.relative_to(folder).parts])
+        for package, folder in PACKAGES.items()
+        for init in folder.rglob("__init__.py")
+    }
+    assert set(setuptools["packages"]) == on_disk
+    patterns = setuptools["package-data"]["rsd_rerank"]
+    data = [p for p in (ROOT / "rsd_rerank").rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    data = [p.relative_to(ROOT / "rsd_rerank") for p in data if "__pycache__" not in p.parts]
+    unshipped = [str(p) for p in data if not any(p.match(pattern) for pattern in patterns)]
+    assert not unshipped, f"package data not in pyproject.toml's package-data: {unshipped}"
