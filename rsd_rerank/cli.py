@@ -38,7 +38,18 @@ BATCH_FIELDS = ("batch_size", "max_batch_tokens")
 WINDOW_FIELDS = ("rerank_top", "window_size", "stride")
 SCALE_FIELDS = ("workers", "ray_address")
 DECODING_FIELDS = ("method", "budget", "agent", "ranker")
-FINETUNE_FIELDS = ("epochs", "lr", "head_rows", "lora_rank", "rank_weight", "save_every", "seed")
+FINETUNE_FIELDS = (
+    "epochs",
+    "lr",
+    "head_rows",
+    "lora_rank",
+    "lora_layers",
+    "bf16_autocast",
+    "rank_weight",
+    "save_every",
+    "snapshot_every",
+    "seed",
+)
 AGENT_FIELDS = ("network", "temperature", "hidden", "layers", "heads")
 TRAIN_FIELDS = (
     "budget",
@@ -56,6 +67,8 @@ TRAIN_FIELDS = (
     "seed",
 )
 MINIMUM = {
+    "lora_layers": 0,
+    "snapshot_every": 0,
     "max_passage_words": 1,
     "context_size": 1,
     "batch_size": 1,
@@ -128,6 +141,15 @@ def add_config_options(p: argparse.ArgumentParser, cls: type, names: Sequence[st
     for name in names:
         default = getattr(defaults, name)
         shown = "" if default is None else f" (default: {default})"
+        if _option_type(cls, name) is bool:  # --name / --no-name, not a type that takes "False" as true
+            p.add_argument(
+                "--" + name.replace("_", "-"),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None if name in unset else default,
+                help=(docs.get(name, "") + shown).replace("%", "%%"),
+            )
+            continue
         p.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,

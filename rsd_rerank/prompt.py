@@ -41,6 +41,7 @@ __all__ = [
     "quiet_stdout",
     "request_prompt",
     "request_prompts",
+    "shown_passages",
     "warn_context_cuts",
     "ranking_layout",
     "ranking_text",
@@ -347,6 +348,14 @@ def _content_words(handler, doc: Mapping[str, Any]) -> int:
             f"candidate doc has none of the fields RankLLM reads (text, segment, contents, content, body, passage): "
             f"{sorted(doc)}"
         ) from err
+
+
+def shown_passages(request: Any, prompt: Prompt, config: PromptConfig = PromptConfig()) -> list[str]:
+    """The passages of ``request`` as ``prompt`` (built from it with ``config``) shows them: RankLLM's
+    text of each doc, cut to the prompt's words per passage."""
+    handler, _ = _handler(config.template)
+    words = prompt.passage_words or config.max_passage_words
+    return [handler._convert_doc_to_prompt_content(_as_doc(c.doc), words) for c in request.candidates]
 
 
 def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:

@@ -34,12 +34,14 @@ __all__ = [
     "DTYPES",
     "EMBEDDED",
     "RANDOM_LLAMA",
+    "RERANKER",
     "Target",
     "TargetConfig",
     "cache_dir",
     "embedded_model_dir",
     "load_target",
     "random_llama",
+    "smollm2_reranker",
     "tokenizer_fingerprint",
     "weights_fingerprint",
 ]
@@ -48,6 +50,10 @@ log = logging.getLogger(__name__)
 
 EMBEDDED = "smollm2"
 """Name of the embedded default target, SmolLM2-135M-Instruct."""
+RERANKER = "smollm2-reranker"
+"""Name of the shipped realistic target: SmolLM2 with the listwise-reranker LoRA in ``rerankers/`` merged in."""
+RERANKER_ADAPTER = Path(__file__).parent / "rerankers" / RERANKER
+"""The shipped adapter (``scripts/train_reranker.sh`` makes it; ``training.reranker`` says how)."""
 RANDOM_LLAMA = "random-llama"
 """Name of the hard, paper-like random-weight target of ``shared/targets.md`` (init 0.1, seed 0)."""
 
@@ -66,7 +72,7 @@ class TargetConfig:
     """Which LLM is the target, and where and in what precision it runs."""
 
     model: str | None = None
-    """smollm2 (embedded, default), random-llama, a local Hugging Face model directory, or a model id in the local HF cache."""
+    """smollm2 (embedded, default), smollm2-reranker (SmolLM2 fine-tuned as a listwise reranker), random-llama, a local Hugging Face model directory, or a model id in the local HF cache."""
     device: str = "auto"
     """auto (CUDA where available, else the CPU), cpu, cuda or cuda:N."""
     dtype: str = "auto"
@@ -324,6 +330,30 @@ def random_llama(
     return Target(model.eval(), tokenizer, name)
 
 
+def smollm2_reranker(device: str = "cpu", dtype: str = "float32", adapter: Path | str = RERANKER_ADAPTER) -> Target:
+    """The embedded SmolLM2 with a listwise-reranker LoRA ``adapter`` merged into its fp32 weights, then
+    moved to ``device`` in ``dtype``. Offline: the adapter is a local folder (by default the one
+    shipped in the package).
+
+    Raises:
+        ValueError: ``adapter`` holds no LoRA adapter (``adapter_config.json``, ``adapter_model.safetensors``).
+    """
+    from peft import PeftModel
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file() or not (adapter / "adapter_model.safetensors").is_file():
+        raise ValueError(f"{adapter} holds no LoRA adapter (adapter_config.json, adapter_model.safetensors)")
+    import torch
+
+    base = _from_local(embedded_model_dir(), EMBEDDED, torch.device("cpu"), torch.float32, None)
+    with _no_hf_progress_bars():
+        merged = PeftModel.from_pretrained(base.model, str(adapter), local_files_only=True).merge_and_unload()
+    where = resolve_device(device)
+    model = merged.to(device=where, dtype=resolve_dtype(dtype, where))
+    name = RERANKER if adapter.resolve() == RERANKER_ADAPTER.resolve() else f"{RERANKER}({adapter})"
+    return Target(model.eval(), base.tokenizer, name)
+
+
 def load_target(
     model: str | os.PathLike | PreTrainedModel | Target | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -334,8 +364,9 @@ def load_target(
     """Resolve a target LLM on a device, in a precision.
 
     Args:
-        model: ``None`` or ``"smollm2"`` for the embedded default; ``"random-llama"`` for the hard
-            random target; a local directory holding a Hugging Face causal LM, or a model id already
+        model: ``None`` or ``"smollm2"`` for the embedded default; ``"smollm2-reranker"`` for the
+            shipped realistic target (SmolLM2 fine-tuned as a listwise reranker); ``"random-llama"`` for
+            the random target that PDM solves; a local directory holding a Hugging Face causal LM, or a model id already
             in the local Hugging Face cache; a loaded model (then ``tokenizer`` is required); or a
             ready ``Target``.
         tokenizer: the tokenizer of a loaded ``model``.
@@ -368,6 +399,8 @@ def load_target(
         return _from_local(embedded_model_dir(), EMBEDDED, where, precision, device_map)
     if str(model) == RANDOM_LLAMA:
         return random_llama(device=str(where), dtype=str(precision).removeprefix("torch."))
+    if str(model) == RERANKER:
+        return smollm2_reranker(device=str(where), dtype=str(precision).removeprefix("torch."))
     path = Path(model).expanduser()
     if path.is_dir():
         return _from_local(path, str(model), where, precision, device_map)

@@ -142,12 +142,19 @@ def test_finetune_makes_heads_through_the_cli_and_keeps_a_finished_one(train_req
     assert main([*argv, "--overwrite"]) == 0
 
 
-def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(tiny_llama, train_requests, tmp_path, monkeypatch):
+# ``reranker`` as scripts/train_reranker.sh makes smollm2-reranker (bf16 autocast, snapshots), on the top layer only.
+RERANKER_RUN = {"lora_layers": 1, "bf16_autocast": True, "snapshot_every": 2}
+
+
+@pytest.mark.parametrize("method", ["first-ft", "reranker"])
+def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(
+    tiny_llama, train_requests, tmp_path, monkeypatch, method
+):
     from safetensors.torch import load_file
 
     requests = read_requests(train_requests)
     prompt = PromptConfig(max_passage_words=20)
-    config = FinetuneConfig("first-ft", epochs=2, save_every=1)
+    config = FinetuneConfig(method, epochs=2, save_every=1, **(RERANKER_RUN if method == "reranker" else {}))
     finetune(tiny_llama, requests, config, tmp_path / "whole", prompt)
     step, calls = torch.optim.Adam.step, []
 
@@ -170,7 +177,10 @@ def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(tiny_llama, t
     cut = load_file(str(tmp_path / "cut" / "adapter" / "adapter_model.safetensors"))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
     meta = json.loads((tmp_path / "cut" / "ranker.json").read_text())
-    assert meta["method"] == "first-ft" and not (tmp_path / "cut" / "checkpoint.pt").exists()
+    assert meta["method"] == method and not (tmp_path / "cut" / "checkpoint.pt").exists()
+    if method == "reranker":  # LoRA on the top layer only, and a snapshot every 2 of the 6 steps
+        assert {k.split(".layers.")[1].split(".")[0] for k in cut} == {"1"}
+        assert sorted(p.name for p in (tmp_path / "cut" / "snapshots").iterdir()) == ["step-2", "step-4", "step-6"]
 
 
 def test_compare_runs_every_baseline_with_its_companion(tiny_llama, train_requests, companions, tmp_path):

@@ -1,0 +1,107 @@
+"""The realistic target and the difficulty report: prefix dependence is 0 for rows that ignore the order of
+the prefix and positive for rows that read it; the reranker's training data is seeded and content-driven;
+the shipped ``smollm2-reranker`` loads offline and ranks reproducibly."""
+
+import json
+
+import pytest
+import torch
+
+from rsd_rerank.difficulty import SWAPS, claim_difficulty, prefix_dependence
+from rsd_rerank.prompt import PromptConfig, request_prompts, shown_passages
+from rsd_rerank.runs import read_requests
+from rsd_rerank.session import TargetSession, Verification, accepted_length, greedy_choices
+from rsd_rerank.targets import RERANKER, RERANKER_ADAPTER, load_target
+from rsd_rerank.training.reranker import shuffled_requests, similarity_rankings
+
+K = 12
+
+
+class RowsFrom:
+    """A model in code: the row of each slot is ``row(prefix)`` (a [K] score over items), verified in one call."""
+
+    def __init__(self, row):
+        self.row = row
+
+    def verify(self, rankings, query=0):
+        r = torch.as_tensor(rankings)
+        matrices = torch.stack([torch.stack([self.row(tuple(x[:i].tolist())) for i in range(K)]) for x in r])
+        greedy = greedy_choices(r, matrices)
+        return Verification(r, matrices, greedy, accepted_length(r, greedy))
+
+
+SCORES = torch.randn(K, generator=torch.Generator().manual_seed(0))
+
+
+def test_prefix_dependence_is_zero_when_rows_ignore_the_prefix_order():
+    # Rows that depend on which items were placed, never on their order: the same set gives the same choice.
+    model = RowsFrom(lambda prefix: SCORES + 0.3 * len(prefix) + SCORES.roll(len(set(prefix))))
+    changed, compared = prefix_dependence(model, list(range(K)))
+    assert compared == sum(K - 2 - b for _, b in SWAPS) and changed == 0
+
+
+def test_prefix_dependence_is_positive_when_rows_read_the_last_item_written():
+    def row(prefix):
+        follow = torch.zeros(K)
+        if prefix:
+            follow[(prefix[-1] + 1) % K] = 10.0  # "after item i comes item i + 1"
+        return SCORES + follow
+
+    model = RowsFrom(row)
+    changed, compared = prefix_dependence(model, list(range(K)))
+    assert 0 < changed <= compared
+
+
+def test_claim_difficulty_on_a_tiny_target(tiny_llama, query_docs):
+    session = TargetSession.from_request(tiny_llama, _request(*query_docs[0]), PromptConfig(max_passage_words=20))
+    figures = claim_difficulty(session, 0, budgets=(1, 19))
+    assert figures["k"] == 20 and sorted(figures["greedy"]) == list(range(20))
+    # At T = K - 1 every loop method is exact (Theorem 1).
+    assert figures["gsd@19"] == figures["pdm@19"] == figures["consensus@19"] == 1.0
+    assert -1 <= figures["kt_identifier"] <= 1 and figures["prefix_compared"] > 0
+
+
+def _request(query, docs):
+    from rank_llm.data import Candidate, Query, Request
+
+    return Request(Query(query, "q"), [Candidate(docid=str(i), score=0.0, doc=d) for i, d in enumerate(docs)])
+
+
+def test_the_reranker_training_lists_are_shuffled_by_seed_and_ranked_by_content(train_requests):
+    requests = read_requests(train_requests)
+    once, again, other = (shuffled_requests(requests, seed) for seed in (0, 0, 1))
+    docids = lambda rs: [[c.docid for c in r.candidates] for r in rs]  # noqa: E731
+    assert docids(once) == docids(again) != docids(other)
+    assert all(sorted(a) == sorted(b) for a, b in zip(docids(once), docids(requests), strict=True))
+    (ranking,) = similarity_rankings(
+        ["vitamin d deficiency"], [["the cat sat on the mat", "low vitamin D levels in deficient patients"]]
+    )
+    assert ranking.tolist() == [1, 0]
+
+
+def test_the_teacher_reads_the_passages_as_the_prompt_shows_them(smollm2, train_requests):
+    requests = read_requests(train_requests)[:1]
+    config = PromptConfig(max_passage_words=5)
+    (prompt,) = request_prompts(smollm2.tokenizer, requests, config)
+    shown = shown_passages(requests[0], prompt, config)
+    assert len(shown) == len(requests[0].candidates) and all(len(text.split()) <= 5 for text in shown)
+    assert all(text.split()[0] in json.dumps(prompt.messages) for text in shown)
+
+
+@pytest.fixture(scope="module")
+def reranker():
+    return load_target(RERANKER, device="cpu", dtype="float32")
+
+
+def test_the_shipped_reranker_loads_offline_and_ranks_reproducibly(reranker, smollm2, query_docs, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    meta = json.loads((RERANKER_ADAPTER / "reranker.json").read_text())
+    again = load_target(RERANKER, device="cpu", dtype="float32")
+    config = PromptConfig(**meta["prompt"])
+    request = _request(*query_docs[0])
+    first, second = (TargetSession.from_request(t, request, config).greedy_ranking() for t in (reranker, again))
+    assert first == second
+    # The recorded greedy ranking of this request (fp32, on the machine that trained it): the same
+    # weights, not merely a model that ranks.
+    assert first == meta["example_greedy"]
+    assert first != TargetSession.from_request(smollm2, request, config).greedy_ranking()
