@@ -18,8 +18,10 @@ def _dataset(dataset_id: str):
 
     try:
         return ir_datasets.load(dataset_id)
-    except KeyError as err:
-        raise ValueError(f"unknown dataset id {dataset_id!r} (an ir_datasets id such as beir/scifact/test)") from err
+    except KeyError as err:  # a file name that does not exist lands here too
+        raise ValueError(
+            f"{dataset_id!r} is neither an existing file nor an ir_datasets id (such as beir/scifact/test)"
+        ) from err
 
 
 def corpus(source: str | os.PathLike) -> Iterator[tuple[str, str, str]]:
@@ -34,7 +36,14 @@ def corpus(source: str | os.PathLike) -> Iterator[tuple[str, str, str]]:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                doc = json.loads(line)
+                try:
+                    doc = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(
+                        f"{path}:{number}: not a JSON corpus line ({err.msg} at column {err.colno})"
+                    ) from err
+                if not isinstance(doc, dict):
+                    raise ValueError(f"{path}:{number}: a corpus line is a JSON object, got {type(doc).__name__}")
                 docid = doc.get("_id", doc.get("id", doc.get("docid")))
                 if docid is None or not str(docid).strip():
                     raise ValueError(f"{path}:{number}: corpus line has no id (_id, id or docid)")

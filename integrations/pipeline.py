@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from rsd_rerank.files import run_destination, swap_in
 from rsd_rerank.integrations.measures import evaluate
 from rsd_rerank.integrations.rank_llm import Reranked, rerank_windowed
 from rsd_rerank.methods import DecodingConfig
@@ -232,6 +233,7 @@ def pipeline(
     hits: int = 100,
     rerank_top: int = 20,
     resume: bool = False,
+    overwrite: bool = False,
     batching: BatchConfig = BatchConfig(),
     windows: WindowConfig = WindowConfig(),
     measures: Sequence[Any] | None = None,
@@ -244,27 +246,27 @@ def pipeline(
     longer than ``windows.window_size`` are ranked with RankLLM's sliding windows.
 
     Raises:
-        ValueError: ``output`` exists and ``resume`` is off (nothing written is ever overwritten
-            silently), or ``rerank_top`` < 1.
+        ValueError: ``output`` exists and neither ``resume`` nor ``overwrite`` is given (nothing
+            written is ever overwritten silently), or ``rerank_top`` < 1.
     """
     from rsd_rerank.integrations.pyserini import bm25
 
     output = Path(output)
     if rerank_top < 1 or hits < rerank_top:
         raise ValueError(f"need 1 <= --rerank-top <= --hits, got {rerank_top} and {hits}")
-    if output.exists() and not resume:
-        raise ValueError(f"{output} exists; pass --resume to continue it or choose another --output")
+    destination = run_destination(output, resume, overwrite)
     tag = decoding.run_tag
 
     def bm25_counts(qids: set[str]) -> dict[str, int]:
         found = bm25(index, {q: topics[q] for q in qids if q in topics}, hits) if qids else {}
         return {q: len(h) for q, h in found.items()}
 
-    done = resumable(output, tag, bm25_counts) if output.exists() else {}
+    done = resumable(output, tag, bm25_counts) if resume and output.exists() else {}
     todo = {q: t for q, t in topics.items() if q not in done}
     runs, requests = candidate_requests(index, todo, hits, rerank_top) if todo else ({}, [])
     windows = replace(windows, rerank_top=rerank_top)
-    run = rerank_into_run(engine, requests, runs, output, decoding, prompt, batching, windows, done)
+    run = rerank_into_run(engine, requests, runs, destination, decoding, prompt, batching, windows, done)
+    swap_in(destination, output)
     metrics, unjudged = None, []
     evaluated = evaluate(qrels, {qid: dict(found) for qid, found in run.items()}, measures)
     if evaluated is not None:

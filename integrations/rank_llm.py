@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from rsd_rerank.prompt import (
     build_prompt,
     chat_ids,
     check_candidates,
+    has_text,
     identifier,
     max_identifiers,
     numeric_identifiers,
@@ -104,6 +106,7 @@ class RSDReranker(ListwiseRankLLM):
         self._decoding = DecodingConfig(method, budget, agent, ranker)
         self._batching = BatchConfig(batch_size, max_batch_tokens)
         self._prompt_config = PromptConfig(template, max_passage_words, context_size)
+        self._model_lock = threading.Lock()
         self.passage_words: list[int | None] = []
         """Words per passage of every window prompt made so far (``warn_context_cuts`` reports them)."""
         with quiet_stdout():  # RankLLM prints "Template validated successfully!" and more on construction
@@ -237,6 +240,21 @@ class RSDReranker(ListwiseRankLLM):
         Raises:
             ValueError: a request repeats a docid (before any window is decoded).
         """
+        # One caller at a time on the model, as RankLLM caps the LLM work in flight per instance:
+        # concurrent rerank_async callers would otherwise run forwards at once on one model and share
+        # the session caches from two threads.
+        with self._model_lock:
+            return self._rerank_batch(requests, rank_start, rank_end, shuffle_candidates, logging, **kwargs)
+
+    def _rerank_batch(
+        self,
+        requests: list[Request],
+        rank_start: int,
+        rank_end: int,
+        shuffle_candidates: bool,
+        logging: bool,
+        **kwargs: Any,
+    ) -> list[Result]:
         top_k_retrieve: int = kwargs.get("top_k_retrieve", rank_end)
         populate = kwargs.get("populate_invocations_history", False)
         for request in requests:
@@ -251,6 +269,9 @@ class RSDReranker(ListwiseRankLLM):
         window_size = min(self._window_size, top_k_retrieve)
         first = max(rank_start, 0)
         ends = {i: min(rank_end, top_k_retrieve, len(result.candidates)) for i, result in enumerate(results)}
+        scored = dict(ends)  # the range whose scores follow rank order at the end, textless candidates included
+        for i, result in enumerate(results):
+            ends[i] = _textless_below(result, first, ends[i])
         # Each request's next window, exactly as RankLLM's sliding_windows walks it: from the bottom up.
         windows: dict[int, tuple[int, int]] = {}
         for i, end in ends.items():
@@ -272,7 +293,7 @@ class RSDReranker(ListwiseRankLLM):
                     if end > start:
                         windows[i] = (start, end)
         for i, result in enumerate(results):
-            _rank_order_scores(result, first, ends[i])
+            _rank_order_scores(result, first, scored[i])
         return results
 
     async def rerank_batch_async(
@@ -291,6 +312,17 @@ class RSDReranker(ListwiseRankLLM):
         return await asyncio.to_thread(
             self.rerank_batch, requests, rank_start, rank_end, shuffle_candidates, logging, **kwargs
         )
+
+
+def _textless_below(result: Result, start: int, end: int) -> int:
+    """Move the candidates of ``result.candidates[start:end]`` whose doc has no text below the others
+    (each group in input order) and return where the candidates with text end: only they are ranked
+    (an LLM asked to order empty passages orders them arbitrarily). ``read_requests`` warns about them."""
+    window = result.candidates[start:end]
+    texted = [c for c in window if has_text(c.doc)]
+    if len(texted) < len(window):
+        result.candidates[start:end] = texted + [c for c in window if not has_text(c.doc)]
+    return start + len(texted)
 
 
 def _rank_order_scores(result: Result, start: int, end: int) -> None:

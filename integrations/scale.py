@@ -43,10 +43,36 @@ class ScaleConfig:
     """Ray actors, each holding the target and the agent (1: this process, no Ray)."""
     ray_address: str | None = None
     """An existing Ray cluster to join (e.g. ray://head:10001 or auto); by default a local cluster is started and stopped."""
+    connect_timeout: float = 30.0
+    """Seconds to wait for the --ray-address host to answer before giving up (Ray alone would retry for minutes)."""
 
     def __post_init__(self):
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """Fail at once where nothing listens at a ``host:port`` Ray address (Ray itself retries for minutes,
+    deaf to SIGTERM). ``auto`` and ``ray://`` client addresses are left to Ray.
+
+    Raises:
+        ValueError: naming the address and how to start or join a cluster.
+    """
+    import socket
+
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray-address {address!r} is not host:port (e.g. 10.0.0.5:6379), 'auto' or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ValueError(
+            f"--ray-address {address}: no Ray cluster answers there within {timeout:g} s ({err.strerror or err}); "
+            "start one with `ray start --head` and pass the address it prints, or leave --ray-address out to "
+            "run a local cluster"
+        ) from err
 
 
 @contextlib.contextmanager
@@ -64,6 +90,7 @@ def ray_cluster(scale: ScaleConfig) -> Iterator[None]:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     if scale.ray_address:
+        _check_reachable(scale.ray_address, scale.connect_timeout)
         try:
             ray.init(address=scale.ray_address, log_to_driver=False)
         except ConnectionError as err:

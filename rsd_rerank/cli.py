@@ -36,7 +36,7 @@ TARGET_FIELDS = ("model", "device", "dtype", "device_map")
 PROMPT_FIELDS = ("template", "max_passage_words", "context_size")
 BATCH_FIELDS = ("batch_size", "max_batch_tokens")
 WINDOW_FIELDS = ("rerank_top", "window_size", "stride")
-SCALE_FIELDS = ("workers", "ray_address")
+SCALE_FIELDS = ("workers", "ray_address", "connect_timeout")
 DECODING_FIELDS = ("method", "budget", "agent", "ranker")
 FINETUNE_FIELDS = (
     "epochs",
@@ -246,6 +246,7 @@ def _print_reranked(batch: list) -> None:
 
 
 def _cmd_rerank(args: argparse.Namespace) -> None:
+    from rsd_rerank.files import run_destination, swap_in
     from rsd_rerank.integrations.pipeline import RunRequests, rerank_into_run, resumable
     from rsd_rerank.prompt import check_candidates
     from rsd_rerank.runs import read_requests
@@ -276,17 +277,16 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
         hits = {str(r.query.qid): [(str(c.docid), c.score) for c in r.candidates] for r in requests}
     else:
         made, hits = _run_requests(args, windows)
-    if output.exists() and not args.resume:
-        raise ValueError(f"{output} exists; pass --resume to continue it or choose another --output")
+    destination = run_destination(output, args.resume, args.overwrite)
     counts = {q: len(h) for q, h in hits.items()}
-    done = resumable(output, decoding.run_tag, lambda qids: counts) if output.exists() else {}
+    done = resumable(output, decoding.run_tag, lambda qids: counts) if args.resume and output.exists() else {}
     todo = [r for r in made.requests if str(r.query.qid) not in done]
     with _engine(args) as engine:
         run = rerank_into_run(
             engine,
             todo,
             hits,
-            output,
+            destination,
             decoding,
             prompt,
             _batch_config(args),
@@ -295,6 +295,7 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
             made.fixed,
             on_batch=_print_reranked,
         )
+    swap_in(destination, output)
     lines = sum(len(h) for h in run.values())
     print(f"wrote {lines} lines for {len(run)} queries to {output} ({len(todo)} reranked now, {len(done)} resumed)")
 
@@ -313,6 +314,8 @@ def _run_requests(args: argparse.Namespace, windows: WindowConfig):
     if not sources and not args.dataset:
         raise ValueError("--run needs the passages' texts: --index DIR, --corpus JSONL or --dataset IRDS_ID")
     hits = {q: sorted(h, key=lambda hit: -hit[1]) for q, h in read_run(args.run).hits.items()}  # by score, stable
+    if not hits:  # one rule for every input: an empty requests file is refused too
+        raise ValueError(f"--run {args.run} holds no run lines; there is nothing to rerank")
     topics = datasets.queries(args.topics or args.dataset)
     if args.index:
         from rsd_rerank.integrations.pyserini import stored_contents
@@ -324,10 +327,16 @@ def _run_requests(args: argparse.Namespace, windows: WindowConfig):
 
 
 def _cmd_rank_llm(args: argparse.Namespace) -> None:
-    from rsd_rerank.integrations.rank_llm_cli import run_rank_llm
+    from rsd_rerank.integrations.rank_llm_cli import PREFIX, run_rank_llm
+    from rsd_rerank.targets import check_target_name
 
     if not args.rank_llm_args:
         raise ValueError("give RankLLM's CLI arguments, e.g. rerank --model-path rsd:random-llama --requests-file F")
+    given = [a.split("=", 1) if a.startswith("--model-path=") else [a] for a in args.rank_llm_args]
+    words = [w for parts in given for w in parts]
+    for flag, value in zip(words, words[1:], strict=False):
+        if flag == "--model-path" and value.startswith(PREFIX):  # refused here, offline, before RankLLM starts
+            check_target_name(value[len(PREFIX) :] or None)
     code = run_rank_llm(args.rank_llm_args, _decoding_config(args), args.device, args.dtype)
     if code:
         raise SystemExit(code)
@@ -397,6 +406,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
     from rsd_rerank.integrations.pipeline import pipeline
 
     decoding = _decoding_config(args)
+    windows = config_from(WindowConfig, args, WINDOW_FIELDS[1:])  # checked before the model loads
     topics, judged = _topics_and_qrels(args)
     with _engine(args) as engine:
         result = pipeline(
@@ -410,8 +420,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
             hits=args.hits,
             rerank_top=args.rerank_top,
             resume=args.resume,
+            overwrite=args.overwrite,
             batching=_batch_config(args),
-            windows=config_from(WindowConfig, args, WINDOW_FIELDS[1:]),
+            windows=windows,
             measures=_measures_of(args),
         )
     print(f"reranked {result.reranked} queries ({result.resumed} already in {args.output}); run in {args.output}")
@@ -574,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, WindowConfig, WINDOW_FIELDS)
     p.add_argument("--output", required=True, help="TREC run file, rewritten atomically after every batch")
     p.add_argument("--resume", action="store_true", help="skip queries already complete in --output")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output (kept whole until the new run is)"
+    )
     p.set_defaults(func=_cmd_rerank)
 
     p = sub.add_parser(
@@ -621,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measures_option(p)
     p.add_argument("--output", required=True, help="TREC run, rewritten atomically after every batch of queries")
     p.add_argument("--resume", action="store_true", help="skip queries already in --output")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output (kept whole until the new run is)"
+    )
     p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser("compare", help="every decoder on the same candidate lists: fidelity, nDCG@10, seconds")
@@ -699,7 +716,10 @@ def _inputs_and_outputs(args: argparse.Namespace) -> tuple[list, list[tuple[Path
 def _guarded(args: argparse.Namespace) -> None:
     """Run the command once its outputs are known to be writable, distinct from its inputs and locked."""
     from rsd_rerank.files import check_writable, distinct_paths, locked
+    from rsd_rerank.targets import check_target_name
 
+    if getattr(args, "model", None) is not None:  # an unknown name is refused offline, before any work
+        check_target_name(args.model)
     inputs, outputs = _inputs_and_outputs(args)
     distinct_paths(inputs, [path for path, _ in outputs])
     for path, directory in outputs:

@@ -73,8 +73,8 @@ def check_writable(path: str | os.PathLike, directory: bool = False, what: str =
     """Fail before any work if ``path`` (a file, or a folder with ``directory``) could not be written.
 
     Raises:
-        ValueError: a file output that is a folder, a folder output that is a file, a parent that is
-            a file, or a parent folder this process may not write into.
+        ValueError: a file output that is a folder, a device or a FIFO, a folder output that is a file,
+            a parent that is a file, or a parent folder this process may not write into.
     """
     path = Path(path)
     if path.exists():
@@ -82,6 +82,9 @@ def check_writable(path: str | os.PathLike, directory: bool = False, what: str =
             raise ValueError(f"{what} {path} is a file, not a folder; choose another path")
         if not directory and path.is_dir():
             raise ValueError(f"{what} {path} is a folder; give a file path")
+        if not directory and not path.is_file():
+            # A device or FIFO: --resume would read it without end, and it cannot be replaced atomically.
+            raise ValueError(f"{what} {path} is not a regular file (a device or a FIFO); give a file path")
         writable = path if directory else path.parent
     else:
         writable = _nearest_existing(path.parent)
@@ -144,3 +147,30 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)
+
+
+def run_destination(output: str | os.PathLike, resume: bool, overwrite: bool) -> Path:
+    """Where a command writes its run as it goes: ``output`` itself, or, to ``overwrite`` an existing
+    file, a hidden sibling that ``swap_in`` moves over it once the new run is complete (the old one
+    stays whole until then).
+
+    Raises:
+        ValueError: both ``resume`` and ``overwrite``, or an existing ``output`` with neither.
+    """
+    output = Path(output)
+    if resume and overwrite:
+        raise ValueError("--resume continues --output and --overwrite replaces it; give one of them")
+    if output.exists() and not (resume or overwrite):
+        raise ValueError(
+            f"{output} exists; pass --resume to continue it, --overwrite to replace it, or choose another --output"
+        )
+    return output.with_name(f".{output.name}.new") if overwrite and output.exists() else output
+
+
+def swap_in(fresh: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Move the complete file ``fresh`` over ``output`` in one rename, with ``output``'s permission bits."""
+    fresh, output = Path(fresh), Path(output)
+    if fresh == output:
+        return
+    os.chmod(fresh, stat.S_IMODE(output.stat().st_mode))
+    os.replace(fresh, output)

@@ -37,6 +37,8 @@ __all__ = [
     "build_prompt",
     "chat_ids",
     "check_candidates",
+    "has_text",
+    "TEXT_FIELDS",
     "prompt_from_messages",
     "quiet_stdout",
     "request_prompt",
@@ -336,8 +338,18 @@ def _handler(template_name: str):
         return SingleTurnListwiseInferenceHandler(template), numeric
 
 
+TEXT_FIELDS = ("text", "segment", "contents", "content", "body", "passage")
+"""The doc fields RankLLM's prompt reads a passage from, in its order (``title`` may come with any of them)."""
+
+
 def _as_doc(doc: Mapping[str, Any] | str) -> Mapping[str, Any]:
     return {"text": doc} if isinstance(doc, str) else doc
+
+
+def has_text(doc: Mapping[str, Any] | str) -> bool:
+    """Whether a candidate's doc has any passage text (a title counts) for the LLM to read."""
+    doc = _as_doc(doc)
+    return any(str(doc.get(field) or "").strip() for field in ("title", *TEXT_FIELDS))
 
 
 def _content_words(handler, doc: Mapping[str, Any]) -> int:

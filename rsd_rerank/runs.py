@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsd_rerank.files import atomic_write
-from rsd_rerank.prompt import Prompt
+from rsd_rerank.prompt import TEXT_FIELDS, Prompt, has_text
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
 
@@ -50,10 +50,7 @@ def read_requests(path: str | os.PathLike) -> list:
     from dacite import DaciteError, from_dict
     from rank_llm.data import Request
 
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ValueError(f"cannot read requests file {path}: {err.strerror}") from err
+    text = "".join(line for _, line in _lines(path, "requests file"))
     if str(path).endswith(".json"):
         try:
             records = json.loads(text)
@@ -73,12 +70,22 @@ def read_requests(path: str | os.PathLike) -> list:
                 raise ValueError(f"{path}:{number}: not a RankLLM request ({err})") from err
     requests = []
     for place, record in where:
+        _check_request_shape(place, record)
         try:
             requests.append(from_dict(data_class=Request, data=record))
         except (DaciteError, TypeError, ValueError) as err:
             raise ValueError(f"{place}: not a RankLLM request ({err})") from err
     if not requests:
         raise ValueError(f"{path} holds no requests")
+    textless = [sum(not has_text(c.doc) for c in r.candidates) for r in requests]
+    if sum(textless):
+        log.warning(
+            "%s: %d candidates in %d requests have no text; they are not reranked but kept below the candidates "
+            "with text, in input order",
+            path,
+            sum(textless),
+            sum(n > 0 for n in textless),
+        )
     empty = [str(r.query.qid) for r in requests if not str(r.query.text).strip()]
     if empty:
         log.warning("%s: %d requests have an empty query text: %s", path, len(empty), ", ".join(empty[:10]))
@@ -89,6 +96,29 @@ def read_requests(path: str | os.PathLike) -> list:
                     f"{path}: request {number} has {kind} {str(value)!r}: TREC runs need ids without whitespace"
                 )
     return requests
+
+
+def _check_request_shape(place: str, record) -> None:
+    """What dacite's messages would leave the user searching for: a record, candidate or doc of the
+    wrong kind, or a doc without a text field, named by qid and docid."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{place}: a request is an object with query and candidates, got {type(record).__name__}")
+    qid = (record.get("query") or {}).get("qid") if isinstance(record.get("query"), dict) else None
+    candidates = record.get("candidates")
+    if not isinstance(candidates, list):
+        return  # dacite names the missing or mistyped field
+    for number, candidate in enumerate(candidates):
+        if not isinstance(candidate, dict):
+            raise ValueError(
+                f"{place} (qid {qid}): candidate {number} is a {type(candidate).__name__}; each candidate is an "
+                'object {"docid": …, "score": …, "doc": {"contents": …}}'
+            )
+        doc = candidate.get("doc")
+        if isinstance(doc, dict) and not any(field in doc for field in TEXT_FIELDS):
+            raise ValueError(
+                f"{place} (qid {qid}): candidate {candidate.get('docid')!r} has none of the doc fields RankLLM reads "
+                f"({', '.join(TEXT_FIELDS)}): {sorted(doc)}"
+            )
 
 
 def request_records(
@@ -140,6 +170,11 @@ class WindowConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.stride > self.window_size:  # RankLLM's rule, checked here before any model is loaded
+            raise ValueError(
+                f"--stride {self.stride} is larger than --window-size {self.window_size}; windows would skip "
+                "candidates (give a stride of at most the window size)"
+            )
 
 
 def request_chunks(requests: Sequence, batching: BatchConfig) -> list[list]:
@@ -220,13 +255,10 @@ def read_run(path: str | os.PathLike) -> TrecRun:
         ValueError: an unreadable file, or a line that is not six columns with an integer rank and a
             numeric score (the line number and the line are named).
     """
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ValueError(f"cannot read run file {path}: {err.strerror or err}") from err
     hits: dict[str, Hits] = {}
+    seen: dict[tuple[str, str], int] = {}
     tags = set()
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in _lines(path, "run file"):
         if not line.strip():
             continue
         parts = line.split()
@@ -237,6 +269,31 @@ def read_run(path: str | os.PathLike) -> TrecRun:
             int(rank_)
             hits.setdefault(qid, []).append((docid, float(score)))
         except ValueError as err:
-            raise ValueError(f"{path}:{number}: not a TREC run line ({err}): {line!r}") from err
+            raise ValueError(f"{path}:{number}: not a TREC run line ({err}): {line.rstrip()!r}") from err
+        if (qid, docid) in seen:
+            raise ValueError(
+                f"{path}:{number}: query {qid} lists document {docid} again (first on line {seen[qid, docid]})"
+            )
+        seen[qid, docid] = number
         tags.add(tag)
     return TrecRun(hits, frozenset(tags))
+
+
+def _lines(path: str | os.PathLike, what: str) -> Iterator[tuple[int, str]]:
+    """(number, line) of a UTF-8 text file, read line by line; a device, FIFO or folder is refused unread.
+
+    Raises:
+        ValueError: naming the file: missing, not a regular file, unreadable, or not UTF-8.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{what} {path} is not a regular file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from enumerate(f, start=1)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{what} {path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from err
+    except OSError as err:
+        raise ValueError(f"cannot read {what} {path}: {err.strerror or err}") from err

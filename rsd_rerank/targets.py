@@ -38,6 +38,7 @@ __all__ = [
     "Target",
     "TargetConfig",
     "cache_dir",
+    "check_target_name",
     "embedded_model_dir",
     "load_target",
     "random_llama",
@@ -401,13 +402,64 @@ def load_target(
         return random_llama(device=str(where), dtype=str(precision).removeprefix("torch."))
     if str(model) == RERANKER:
         return smollm2_reranker(device=str(where), dtype=str(precision).removeprefix("torch."))
+    check_target_name(model)
     path = Path(model).expanduser()
     if path.is_dir():
         return _from_local(path, str(model), where, precision, device_map)
-    try:  # a model id already in the local Hugging Face cache (e.g. a GPU user's RankZephyr)
-        return _from_local(str(model), str(model), where, precision, device_map)
-    except OSError as err:
+    # A model id already in the local Hugging Face cache (e.g. a GPU user's RankZephyr): read offline,
+    # unless the user allowed the hub with HF_HUB_OFFLINE=0.
+    with _hub_offline_unless_allowed():
+        try:
+            return _from_local(str(model), str(model), where, precision, device_map)
+        except OSError as err:
+            raise ValueError(f"cannot load {str(model)!r} from the local Hugging Face cache: {str(err)[:300]}") from err
+
+
+def _hub_allowed() -> bool:
+    """The user allowed model-hub look-ups for names outside the local cache (HF_HUB_OFFLINE=0)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_allowed() -> Iterator[None]:
+    """HF_HUB_OFFLINE=1 inside the block unless the user set it to 0 (huggingface_hub reads it per call)."""
+    if _hub_allowed():
+        yield
+        return
+    import huggingface_hub.constants as hub
+
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
+
+
+def check_target_name(model: str | os.PathLike | None) -> None:
+    """Refuse at once, offline, a target that is neither built in, a local folder, nor a model already in
+    the local Hugging Face cache (with HF_HUB_OFFLINE=0 a hub id is let through to be downloaded).
+
+    Raises:
+        ValueError: one line naming the value and what ``--model`` takes.
+    """
+    if model is None or str(model).lower() in (EMBEDDED, "smollm2-135m-instruct", RERANKER, RANDOM_LLAMA):
+        return
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(f"--model {model}: a file, not a model folder (a Hugging Face model directory is expected)")
+    if _hub_allowed():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(str(model), "config.json")
+    except ValueError:  # not even a repo id (e.g. a path with too many slashes)
+        cached = None
+    if not isinstance(cached, str):
         raise ValueError(
-            f"unknown target {str(model)!r}: not {EMBEDDED!r}, not {RANDOM_LLAMA!r}, not a local directory "
-            "and not in the local Hugging Face cache (rsd-rerank never downloads from a model hub)"
-        ) from err
+            f"unknown target {str(model)!r}: not {EMBEDDED}, {RERANKER} or {RANDOM_LLAMA}, not a local folder and not "
+            "in the local Hugging Face cache (rsd-rerank asks no model hub unless HF_HUB_OFFLINE=0 is set)"
+        )

@@ -333,3 +333,183 @@ def test_missing_qrels_are_a_clear_error(monkeypatch):
     monkeypatch.setattr(datasets, "_dataset", lambda source: Dataset())
     with pytest.raises(ValueError, match="the qrels of beir/scifact/train are not available here.*--qrels"):
         datasets.qrels("beir/scifact/train")
+
+
+# The last holes (issue 24), each through the door a user knocks on.
+
+
+def test_finetune_overwrite_keeps_the_finished_companion_when_the_input_is_bad(tmp_path, requests_json, capsys):
+    done = tmp_path / "DONE"
+    done.mkdir()
+    (done / "heads.json").write_text("{}")
+    (done / "heads.safetensors").write_bytes(b"old heads")
+    record = dict(requests_json[0])
+    record["candidates"] = [dict(c, docid=f"d{i}") for i, c in enumerate(requests_json[0]["candidates"] * 2)][:27]
+    k27 = tmp_path / "k27.jsonl"
+    k27.write_text(json.dumps(record) + "\n")
+    argv = ["finetune", "--method", "medusa", "--model", "random-llama", "--requests", str(k27), "--out", str(done)]
+    assert main([*argv, "--overwrite"]) == 2
+    assert "27" in capsys.readouterr().err
+    assert (done / "heads.json").read_text() == "{}" and (done / "heads.safetensors").read_bytes() == b"old heads"
+
+
+def test_an_unreachable_ray_address_fails_at_once_and_frees_the_output(tmp_path, requests_file):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run.trec"
+    argv = ["rerank", "--model", "random-llama", "--method", "std", "--requests", str(requests_file)]
+    argv += ["--output", str(out), "--workers", "2", "--ray-address", "127.0.0.1:1", "--connect-timeout", "5"]
+    code = "import sys; from rsd_rerank.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "--ray-address 127.0.0.1:1" in line and "ray start --head" in line
+    assert list(tmp_path.iterdir()) == [requests_file]  # no run, no lock file
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_unread(tmp_path, requests_file, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for output in ("/dev/full", str(fifo)):
+        assert _rerank(requests_file, output, "--resume") == 2
+        assert "is not a regular file" in capsys.readouterr().err
+    from rsd_rerank.runs import read_run
+
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_run(fifo)  # would block forever if it were opened
+
+
+def test_candidates_without_text_are_kept_below_in_input_order_with_one_warning(
+    tmp_path, requests_json, caplog, capsys
+):
+    record = json.loads(json.dumps(requests_json[0]))
+    for i in (2, 5, 11):
+        record["candidates"][i]["doc"] = {"contents": "  "}
+    blank = json.loads(json.dumps(record))
+    blank["query"]["qid"] = "blank"
+    for c in blank["candidates"]:
+        c["doc"] = {"contents": ""}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(record) + "\n" + json.dumps(blank) + "\n")
+    out = tmp_path / "run.trec"
+    with caplog.at_level("WARNING"):
+        assert _rerank(path, out) == 0
+    (warning,) = [r.getMessage() for r in caplog.records if "have no text" in r.getMessage()]
+    assert "23 candidates in 2 requests have no text" in warning
+    from rsd_rerank.runs import read_run
+
+    run = read_run(out).hits
+    docids = [c["docid"] for c in record["candidates"]]
+    assert [d for d, _ in run[record["query"]["qid"]]][-3:] == [docids[2], docids[5], docids[11]]
+    assert [d for d, _ in run["blank"]] == [c["docid"] for c in blank["candidates"]]
+
+
+def test_an_unknown_model_is_refused_offline_on_every_route(tmp_path, requests_file, capsys, monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a model hub was asked")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    argv = ["rerank", "--model", "no-such-model", "--requests", str(requests_file), "--output", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert main(["rank-llm", "rerank", "--model-path", "rsd:no-such-target", "--requests-file", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("unknown target" in line and "HF_HUB_OFFLINE=0" in line for line in err)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"_id": "d1", "text": "a"}\n{bad\n', "corpus.jsonl:2: not a JSON corpus line"),
+    ],
+)
+def test_a_bad_corpus_line_is_named_by_file_and_line(tmp_path, content, expected):
+    from rsd_rerank.integrations.datasets import doc_contents
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=expected):
+        doc_contents(path, {"d1"})
+
+
+def test_request_files_name_the_encoding_the_request_and_the_candidate(tmp_path, requests_json):
+    from rsd_rerank.runs import read_requests
+
+    utf16 = tmp_path / "r16.jsonl"
+    utf16.write_text(json.dumps(requests_json[0]) + "\n", encoding="utf-16")
+    with pytest.raises(ValueError, match=r"r16.jsonl is not UTF-8 text .*save it as UTF-8"):
+        read_requests(utf16)
+    record = json.loads(json.dumps(requests_json[0]))
+    record["candidates"][3]["doc"] = {"url": "x"}
+    no_text = tmp_path / "no_text.json"
+    no_text.write_text(json.dumps([record]))
+    docid = record["candidates"][3]["docid"]
+    with pytest.raises(ValueError, match=rf"element 0 \(qid {record['query']['qid']}\): candidate '{docid}' has none"):
+        read_requests(no_text)
+    record["candidates"][3] = "just a passage"
+    as_string = tmp_path / "as_string.json"
+    as_string.write_text(json.dumps([record]))
+    with pytest.raises(ValueError, match="candidate 3 is a str; each candidate is an object"):
+        read_requests(as_string)
+
+
+def _no_model(monkeypatch):
+    import rsd_rerank.cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(rsd_rerank.cli, "_load_target", refuse)
+
+
+def test_run_file_and_window_mistakes_are_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    _no_model(monkeypatch)
+    topics = tmp_path / "t.tsv"
+    topics.write_text("q1\tquery\n")
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b"}\n')
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 d1 1 2.0 bm25\nq1 Q0 d2 2 1.0 bm25\nq1 Q0 d1 3 0.5 bm25\n")
+    base = ["rerank", "--run", str(run), "--topics", str(topics), "--corpus", str(corpus)]
+    assert main([*base, "--output", str(tmp_path / "o")]) == 2
+    assert "run.trec:3: query q1 lists document d1 again (first on line 1)" in capsys.readouterr().err
+    run.write_text("q1 Q0 d1 1 2.0 bm25\n")
+    for extra, named in (
+        (["--window-size", "1"], "--window-size 1"),
+        (["--stride", "15", "--window-size", "10"], "--stride 15 is larger than --window-size 10"),
+    ):
+        assert main([*base, "--output", str(tmp_path / "o"), *extra]) == 2
+        assert named in capsys.readouterr().err
+    run.write_text("")
+    assert main([*base, "--output", str(tmp_path / "o")]) == 2  # one rule: empty input is an error everywhere
+    assert "holds no run lines" in capsys.readouterr().err
+    missing = ["retrieve", "--index", str(tmp_path), "--topics", str(tmp_path / "missing.tsv")]
+    assert main([*missing, "--output", str(tmp_path / "r")]) == 2
+    assert "missing.tsv' is neither an existing file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_overwrite_replaces_a_run_only_when_the_new_one_is_complete(tmp_path, requests_file, capsys, monkeypatch):
+    import rsd_rerank.runs
+
+    out = tmp_path / "run.trec"
+    out.write_text("old Q0 d1 1 1 rsd-rerank.gsd3\n")
+    out.chmod(0o640)
+    assert _rerank(requests_file, out) == 2
+    assert "--overwrite to replace it" in capsys.readouterr().err
+    assert _rerank(requests_file, out, "--resume", "--overwrite") == 2
+    seen = []
+    write_run = rsd_rerank.runs.write_run
+
+    def watched(path, *args, **kwargs):
+        seen.append(out.read_text())  # what a reader of --output finds while the new run is written
+        return write_run(path, *args, **kwargs)
+
+    monkeypatch.setattr("rsd_rerank.integrations.pipeline.write_run", watched)
+    assert _rerank(requests_file, out, "--overwrite", "--batch-size", "1") == 0
+    assert len(seen) == 2 and all(text == "old Q0 d1 1 1 rsd-rerank.gsd3\n" for text in seen)
+    assert "old" not in out.read_text() and stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -132,7 +132,7 @@ def test_unknown_model_is_a_clear_error(tmp_path, requests_json, capsys):
         ]
     )
     assert code == 2
-    assert "never downloads from a model hub" in capsys.readouterr().err
+    assert "asks no model hub unless HF_HUB_OFFLINE=0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("error", [RuntimeError("no JVM here"), OSError(28, "No space left on device")])

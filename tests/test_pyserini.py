@@ -117,7 +117,10 @@ def test_local_corpus_and_topics_without_qrels(tmp_path, capsys):
             "is not a Lucene index",
         ),
         (["retrieve", "--index", "{tmp}", "--topics", "{tmp}/t.tsv", "--output", "{tmp}/o"], "is not a Lucene index"),
-        (["index", "--dataset", "beir/no-such-set", "--index", "{tmp}/i"], "unknown dataset id 'beir/no-such-set'"),
+        (
+            ["index", "--dataset", "beir/no-such-set", "--index", "{tmp}/i"],
+            "'beir/no-such-set' is neither an existing file nor an ir_datasets id",
+        ),
         (["index", "--corpus", "{tmp}/bad.jsonl", "--index", "{tmp}/i"], "bad.jsonl:2: corpus line has no id"),
         (["index", "--corpus", "{tmp}/bad.jsonl", "--index", "{tmp}"], "already exists"),
     ],

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -295,8 +296,6 @@ def _lora_config(target: Target, config: FinetuneConfig):
 
 def _save_adapter(model, directory: Path) -> None:
     """The LoRA adapter into ``directory``, replaced whole (a folder written beside it, then renamed)."""
-    import shutil
-
     fresh = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(fresh, ignore_errors=True)
     model.save_pretrained(str(fresh))
@@ -331,10 +330,31 @@ def finetune(
         raise ValueError(f"{out} already holds a finished {finished[0].stem}; pass --overwrite to replace it")
     if interrupted.exists() and not (resume or overwrite):
         raise ValueError(f"{out} holds an interrupted run; pass --resume to continue it or --overwrite to restart")
-    if overwrite:
-        for path in [*finished, *([interrupted] if not resume else [])]:
-            path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    # With --overwrite the old companion stays whole until the new one is: it is made beside ``out``
+    # and swapped in at the end, so a failure at any point (bad input included) leaves ``out`` as it was.
+    work = out
+    if overwrite and (finished or (interrupted.exists() and not resume)):
+        work = out.with_name(f".{out.name}.new")
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    summary = _finetune_into(target, requests, config, work, prompt, batching)
+    if work != out:
+        _swap_in(work, out)
+    return summary
+
+
+def _swap_in(fresh: Path, out: Path) -> None:
+    """Replace the folder ``out`` by ``fresh`` (two renames; the old one is deleted after)."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(fresh, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _finetune_into(
+    target: Target, requests: list, config: FinetuneConfig, out: Path, prompt: PromptConfig, batching: BatchConfig
+) -> dict:
     if config.method == "reranker":
         requests = shuffled_requests(requests, config.seed)
     prompts = request_prompts(target.tokenizer, requests, prompt, target.max_positions)
