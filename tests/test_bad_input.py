@@ -513,3 +513,27 @@ def test_overwrite_replaces_a_run_only_when_the_new_one_is_complete(tmp_path, re
     assert len(seen) == 2 and all(text == "old Q0 d1 1 1 rsd-rerank.gsd3\n" for text in seen)
     assert "old" not in out.read_text() and stat.S_IMODE(out.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_write_errors_name_the_file_and_a_read_only_model_cache_names_the_fix(tmp_path, monkeypatch):
+    import errno
+
+    from rsd_rerank.files import atomic_write
+    from rsd_rerank.targets import embedded_model_dir
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "replace", full)
+        with pytest.raises(OSError, match=r"cannot write .*run.trec: No space left on device"):
+            atomic_write(tmp_path / "run.trec", "x\n")
+    assert list(tmp_path.iterdir()) == []
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setenv("RSD_RERANK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(RuntimeError, match=r"model cache .*cache/models is not writable .*set RSD_RERANK_CACHE"):
+        embedded_model_dir()

@@ -145,3 +145,38 @@ def test_response_analyzer_reads_rsd_results(tiny_llama, requests_json, template
     responses, passages, *_ = analyzer.read_responses()
     assert passages == [20, 15] and len(responses) == 2
     assert analyzer.count_errors() == {"ok": 2, "wrong_format": 0, "repetition": 0, "missing_documents": 0}
+
+
+def test_concurrent_async_callers_share_one_model_slot(reranker, requests_json, monkeypatch):
+    """As RankLLM caps the LLM work per instance: callers queue for the model, never overlap on it, and
+    get what they would get one after the other."""
+    import threading
+    import time
+
+    from rsd_rerank.session import TargetSession
+
+    requests = [_request(requests_json, 12, f"c{i}") for i in range(3)]
+    sequential = [reranker.rerank_batch([copy.deepcopy(r)], rank_end=100)[0] for r in requests]
+    inside, overlaps, guard = [0], [], threading.Lock()
+    forward = TargetSession._forward
+
+    def watched(self, *args, **kwargs):
+        with guard:
+            inside[0] += 1
+            overlaps.append(inside[0])
+        time.sleep(0.01)  # room for another thread to enter, were it let in
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(TargetSession, "_forward", watched)
+
+    async def together():
+        return await asyncio.gather(*(reranker.rerank_async(copy.deepcopy(r), rank_end=100) for r in requests))
+
+    concurrent = asyncio.run(together())
+    assert overlaps and max(overlaps) == 1
+    for a, b in zip(sequential, concurrent, strict=True):
+        assert [c.docid for c in a.candidates] == [c.docid for c in b.candidates]
