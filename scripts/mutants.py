@@ -79,6 +79,25 @@ MUTANTS = (
 )
 
 
+MIXED_PASS = "tests/test_session.py::test_after_a_mixed_pass_the_best_rankings_kv_is_kept"
+HELD_ROWS = "tests/test_session.py::test_rows_of_a_verified_prefix_are_the_held_ones_so_i_star_grows_in_any_precision"
+MUTANTS += (
+    Mutant(
+        "kv-of-row-0",
+        "rsd_rerank/session.py",
+        "    i = offset + row\n",
+        "    i = offset\n",
+        (MIXED_PASS,),
+    ),
+    Mutant(
+        "held-rows-recomputed",
+        "rsd_rerank/session.py",
+        "            matrices = torch.where(own[:, :, None], held.expand(b, -1, -1), fresh)\n",
+        "            matrices = fresh\n",
+        (HELD_ROWS,),
+    ),
+)
+
 BATCH_TEST = "tests/test_batching.py::test_a_batch_gives_each_query_what_its_own_session_gives"
 MUTANTS += (
     Mutant(

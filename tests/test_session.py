@@ -161,3 +161,45 @@ def test_free_generation_goes_through_the_session(tiny_llama, query_docs):
     generation = s.generate(max_new_tokens=5, min_new_tokens=5)
     assert generation.new_tokens == 5 and generation.seconds > 0 and isinstance(generation.text, str)
     assert s.passes == 0  # generation's steps are not verification passes
+
+
+# One forward holding rankings with different verified prefixes, the best of them not row 0: what a
+# batched verification (RPO's G trajectories) keeps must be the best one's, rows and KV alike.
+
+
+def test_after_a_mixed_pass_the_best_rankings_kv_is_kept(tiny_llama, query_docs):
+    session = TargetSession(tiny_llama, *query_docs[0])
+    g = session.greedy_ranking()
+    session.forget()
+    wrong = g[1:] + g[:1]  # i* = 0
+    v = session.verify([wrong, g])
+    assert v.accepted.tolist() == [0, 20]
+    after = g[:10] + [g[10:][i] for i in _shuffled(10, 3)]  # shares g's first 10 slots: its tail is fed on the kept KV
+    _, reference = session.stepwise_rows(after)
+    assert (session.verify(after).matrices[0] - reference).abs().max() <= TOL
+
+
+def test_rows_of_a_verified_prefix_are_the_held_ones_so_i_star_grows_in_any_precision(
+    tiny_llama, query_docs, monkeypatch
+):
+    """A pass recomputes the rows of every slot it is fed from; where a ranking had already verified
+    them, the held rows are used. On this CPU a recomputation is bit-identical, but not in bf16 on a
+    GPU (other kernels for other shapes): the pass's rows are perturbed here as such numerics would,
+    and the verified prefix must neither change its rows nor shrink (Theorem 1)."""
+    session = TargetSession(tiny_llama, *query_docs[0])
+    g = session.greedy_ranking()
+    session.forget()
+    held = session.verify(g).matrices[0]
+    rows = TargetSession._rows
+    noise = torch.Generator().manual_seed(0)
+
+    def perturbed(self, logits, *args, **kwargs):
+        out = rows(self, logits, *args, **kwargs)
+        return out + torch.randn(out.shape, generator=noise).to(out)  # larger than any precision's error
+
+    monkeypatch.setattr(TargetSession, "_rows", perturbed)
+    rest = lambda n, seed: [g[n:][i] for i in _shuffled(20 - n, seed)]  # noqa: E731
+    # Row 0 shares 12 verified slots, row 1 only 3: the pass is fed from slot 3 for both.
+    v = session.verify([g[:12] + rest(12, 1), g[:3] + rest(3, 2)])
+    assert torch.equal(v.matrices[0, :13], held[:13])
+    assert v.accepted[0] >= 12
