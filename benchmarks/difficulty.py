@@ -28,10 +28,10 @@ from rsd_rerank.files import atomic_write
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
-from rsd_rerank.targets import load_target
+from rsd_rerank.targets import load_target, smollm2_reranker
 
 THRESHOLDS = {
-    "|KT(greedy, identifier order)|": ("kt_identifier_abs", "<=", 0.3),
+    "abs KT(greedy, identifier order)": ("kt_identifier_abs", "<=", 0.3),
     "KT(greedy, STD)": ("kt_std", "<=", 0.6),
     "GSD@5": ("gsd@5", "<=", 0.85),
     "PDM@5": ("pdm@5", "<=", 0.90),
@@ -109,10 +109,16 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[5])
     p.add_argument("--max-passage-words", type=int, default=PromptConfig.max_passage_words)
     p.add_argument("--dtype", default="auto")
+    p.add_argument(
+        "--adapter", type=Path, help="a reranker LoRA to merge into SmolLM2 instead of --target (validation)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output stem: writes .json, .md, .claims.jsonl")
     args = p.parse_args(argv)
     claims = args.out.with_suffix(".claims.jsonl")
-    target = load_target(args.target, dtype=args.dtype)
+    if args.adapter:
+        target = smollm2_reranker(dtype="float32" if args.dtype == "auto" else args.dtype, adapter=args.adapter)
+    else:
+        target = load_target(args.target, dtype=args.dtype)
     requests = read_requests(args.requests)[: args.queries]
     prompt = PromptConfig(max_passage_words=args.max_passage_words)
     key = {"target": target.name, "max_passage_words": args.max_passage_words, "budgets": args.budgets}

@@ -5,7 +5,8 @@ repair (``receive_permutation``), ``Result``/``InferenceInvocation`` bookkeeping
 output. ``rerank_batch`` walks the windows of every request in lockstep, RankLLM's order within each
 request (a request's windows stay sequential, each depends on the last), and decodes the i-th window
 of up to ``batch_size`` requests in one batched session. Each window's prompt is RankLLM's own template rendering; instead of free generation the
-window is decoded by the core engine (``rsd``, ``greedy``, ``std``, ``gsd``, ``consensus``) and written back
+window is decoded by the core engine (any of ``rsd_rerank.methods.METHODS``: ``rsd``, ``greedy``, ``std``, ``gsd``,
+``consensus``, ``pdm``, ``sdm``, ``blockwise``, ``medusa``, ``first-ft``, ``rankzephyr-ft``, ``first-sd``) and written back
 as the ranking string ``[B] > [A] > …`` (``[2] > [1] > …`` with a numeric template) that RankLLM parses.
 
 ``rerank_windowed`` is the one path from requests to reranked lists for the ``rerank`` and

@@ -56,7 +56,7 @@ class DecodingConfig:
     method: str = "rsd"
     """One of ``METHODS``."""
     budget: int = 5
-    """T: LLM verification passes after the prompt (gsd, consensus and rsd only)."""
+    """T: LLM verification passes after the prompt (the budgeted methods: gsd, consensus, rsd, sdm, blockwise, medusa, pdm, first-sd)."""
     agent: str | None = None
     """``rsd`` only: an agent checkpoint directory or a bundled agent's name; None picks the bundled
     agent trained on the target."""

@@ -143,7 +143,7 @@ class BatchConfig:
     """How many requests share a session (one prefill, one forward per round)."""
 
     batch_size: int = 1
-    """Requests decoded together: their prompts are prefilled in one forward and every round verifies all of them in one."""
+    """Requests decoded together: their prompts are prefilled one by one into one left-padded KV, then every round verifies all of them in one forward."""
     max_batch_tokens: int | None = None
     """Cap on batch size x longest prompt (padded tokens of a prefill), so that long prompts do not overflow memory; None: no cap."""
 

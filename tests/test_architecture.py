@@ -135,3 +135,19 @@ def test_the_wheel_lists_every_package_and_its_data():
     data = [p.relative_to(ROOT / "rsd_rerank") for p in data if "__pycache__" not in p.parts]
     unshipped = [str(p) for p in data if not any(p.match(pattern) for pattern in patterns)]
     assert not unshipped, f"package data not in pyproject.toml's package-data: {unshipped}"
+
+
+def test_help_and_docstrings_name_the_methods_the_registry_has():
+    """Help is generated from field docstrings: a list of methods there must be the registry's, whole."""
+    import re
+
+    from rsd_rerank.cli import build_parser, field_docs
+    from rsd_rerank.integrations import rank_llm
+    from rsd_rerank.methods import BUDGETED, METHODS, DecodingConfig
+
+    budget_help = field_docs(DecodingConfig)["budget"]
+    assert set(re.findall(r"[a-z]+(?:-[a-z]+)*", budget_help.split("(", 1)[1])) >= set(BUDGETED)
+    assert {m for m in METHODS if f"``{m}``" in rank_llm.__doc__} == set(METHODS)
+    rerank = build_parser()._subparsers._group_actions[0].choices["rerank"]
+    (method,) = [a for a in rerank._actions if a.dest == "method"]
+    assert set(method.choices) == set(METHODS)
