@@ -144,6 +144,7 @@ def summarise(args, target_name: str, records: list[dict], agents: list[str]) ->
         "k": k,
         "requests": str(args.requests),
         "max_passage_words": args.max_passage_words,
+        "dtype": args.dtype,
         "difficulty": {
             "KT_greedy_vs_identifier_order": bootstrap(kendall_tau(identity, targets).astype(float), rng),
             "KT_greedy_vs_std": bootstrap(kendall_tau(std, targets).astype(float), rng),
@@ -160,7 +161,8 @@ def markdown(summary: dict, exploration: dict | None) -> str:
         f"# Fidelity to the greedy ranking of `{summary['target']}`",
         "",
         f"{summary['claims']} BEIR SciFact test claims, BM25 top {summary['k']}, passages ≤ "
-        f"{summary['max_passage_words']} words (then fitted to the context). Mean [95% bootstrap CI]. "
+        f"{summary['max_passage_words']} words (then fitted to the context), dtype {summary.get('dtype', 'auto')} "
+        "(auto: float32 on the CPU). Mean [95% bootstrap CI]. "
         "KT/SR higher is better, FD/KD lower. T = LLM passes allowed after the prompt; `passes` = used on average.",
         "",
         f"Target difficulty: KT(greedy, identifier order) = {fmt(d['KT_greedy_vs_identifier_order'])}; "
@@ -207,6 +209,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--ranker", action="append", default=[], help="METHOD=DIR: a baseline's heads or fine-tune")
     p.add_argument("--max-passage-words", type=int, default=PromptConfig.max_passage_words)
+    p.add_argument("--dtype", default="auto", help="the target's precision (auto: float32 on the CPU)")
     p.add_argument("--out", type=Path, required=True, help="output stem: writes .json, .md, .claims.jsonl")
     args = p.parse_args(argv)
     args.claims = args.out.with_suffix(".claims.jsonl")
@@ -216,7 +219,7 @@ def main(argv=None) -> int:
     args.rankers = dict(spec.split("=", 1) for spec in args.ranker)
     torch.manual_seed(0)
 
-    target = load_target(args.target)
+    target = load_target(args.target, dtype=args.dtype)
     requests = read_requests(args.requests)[: args.queries]
     k = len(requests[0].candidates)
     proposers = {name: (lambda s, cls=PROPOSERS[name]: cls()) for name in ("gsd", "consensus")}
