@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from rsd_rerank.difficulty import SWAPS, claim_difficulty
 from rsd_rerank.files import atomic_write
+from rsd_rerank.metrics import kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
@@ -63,6 +64,13 @@ def summarise(records: list[dict], budgets: list[int], meta: dict) -> dict:
         **{f"{m}@{t}": bootstrap(column(f"{m}@{t}"), rng) for t in budgets for m in ("gsd", "pdm", "consensus")},
         "prefix_dependence": ratio_bootstrap(column("prefix_changed"), column("prefix_compared"), rng),
     }
+    same_k = [r["greedy"] for r in records if r["k"] == records[0]["k"]]
+    if len(same_k) > 1:
+        # A content-blind model writes the same identifiers in the same order whatever the passages: the
+        # bounds above cannot see that (its fixed order is neither identifier order nor STD's), this can.
+        first, second = np.triu_indices(len(same_k), k=1)
+        greedy = np.asarray(same_k)
+        figures["kt_between_requests"] = [float(kendall_tau(greedy[first], greedy[second]).mean())] * 3
     checks = {}
     for label, (name, op, bound) in THRESHOLDS.items():
         if name in figures:
@@ -94,6 +102,11 @@ def markdown(summary: dict) -> str:
     for t in summary["budgets"]:
         lines += [f"| {m.upper()}@{t} | {fmt(f[f'{m}@{t}'])} |" for m in ("gsd", "pdm", "consensus")]
     lines.append(f"| prefix dependence | {fmt(f['prefix_dependence'])} |")
+    if "kt_between_requests" in f:
+        lines.append(
+            f"| KT between requests' greedy rankings (same identifiers, other passages; 1 = content-blind) "
+            f"| {f['kt_between_requests'][0]:.3f} |"
+        )
     if summary["thresholds"]:
         lines += ["", "| paper-like when | bound | value | met |", "|---|---|---|---|"]
         for label, c in summary["thresholds"].items():
