@@ -113,7 +113,7 @@ def run_files(tmp_path, corpus, requests_json):
     """A run of 3 queries x 25 hits from "another retriever", its topics and a JSONL corpus."""
     texts = [requests_json[0]["query"]["text"], requests_json[1]["query"]["text"], "what is a passage"]
     topics = {f"q{i}": t for i, t in enumerate(texts)}
-    hits = {q: [f"p{(7 * i + 3 * n) % 60:03d}" for n in range(25)] for i, q in enumerate(topics)}
+    hits = {q: [f"p{(7 * i + 2 * n) % 60:03d}" for n in range(25)] for i, q in enumerate(topics)}  # no repeats
     lines = [f"{q} Q0 {d} {r + 1} {30 - r}.5 other" for q, ds in hits.items() for r, d in enumerate(ds)]
     lines[30:35] = reversed(lines[30:35])  # file order need not be rank order: hits are sorted by score
     (tmp_path / "run.trec").write_text("\n".join(lines) + "\n")
