@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from rsd_rerank.difficulty import SWAPS, claim_difficulty
 from rsd_rerank.files import atomic_write
-from rsd_rerank.metrics import kendall_tau
+from rsd_rerank.metrics import bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
@@ -40,12 +40,6 @@ THRESHOLDS = {
 }
 
 
-def bootstrap(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> list[float]:
-    """Mean and 95% percentile-bootstrap interval over claims."""
-    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
-    return [float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def ratio_bootstrap(changed: np.ndarray, compared: np.ndarray, rng: np.random.Generator, n: int = 2000) -> list[float]:
     """Pooled share changed / compared with a bootstrap interval over claims."""
     idx = rng.integers(0, len(changed), size=(n, len(changed)))
@@ -58,10 +52,10 @@ def summarise(records: list[dict], budgets: list[int], meta: dict) -> dict:
     rng = np.random.default_rng(0)
     column = lambda name: np.array([r[name] for r in records], dtype=float)  # noqa: E731
     figures = {
-        "kt_identifier": bootstrap(column("kt_identifier"), rng),
-        "kt_identifier_abs": bootstrap(np.abs(column("kt_identifier")), rng),
-        "kt_std": bootstrap(column("kt_std"), rng),
-        **{f"{m}@{t}": bootstrap(column(f"{m}@{t}"), rng) for t in budgets for m in ("gsd", "pdm", "consensus")},
+        "kt_identifier": bootstrap_mean(column("kt_identifier"), rng),
+        "kt_identifier_abs": bootstrap_mean(np.abs(column("kt_identifier")), rng),
+        "kt_std": bootstrap_mean(column("kt_std"), rng),
+        **{f"{m}@{t}": bootstrap_mean(column(f"{m}@{t}"), rng) for t in budgets for m in ("gsd", "pdm", "consensus")},
         "prefix_dependence": ratio_bootstrap(column("prefix_changed"), column("prefix_compared"), rng),
     }
     same_k = [r["greedy"] for r in records if r["k"] == records[0]["k"]]

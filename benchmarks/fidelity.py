@@ -32,7 +32,7 @@ from rsd_rerank.agent import AgentProposer, exploration_report, resolve_agent
 from rsd_rerank.decoding import decode
 from rsd_rerank.files import atomic_write
 from rsd_rerank.methods import BUDGETED, DecodingConfig, rank
-from rsd_rerank.metrics import MEASURES, kendall_tau
+from rsd_rerank.metrics import MEASURES, bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.proposers import PROPOSERS
 from rsd_rerank.runs import read_requests
@@ -42,12 +42,6 @@ from rsd_rerank.targets import load_target
 PAIRED_BUDGET = 5
 BASELINES = ("sdm", "blockwise", "medusa", "pdm", "first-ft", "rankzephyr-ft", "first-sd")
 """The paper's baselines (``--baselines``); ``gsd`` and ``consensus`` always run."""
-
-
-def bootstrap(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval over claims."""
-    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def _run(session: TargetSession, decoder) -> dict:
@@ -108,7 +102,7 @@ def summarise(args, target_name: str, records: list[dict], agents: list[str]) ->
         }
         for metric, measure in MEASURES.items():
             values = measure.fn(rankings, targets).astype(float)
-            row[metric] = bootstrap(values, rng)
+            row[metric] = bootstrap_mean(values, rng)
             if metric == "KT":
                 per_claim[(method, budget)] = values
         rows.append(row)
@@ -128,7 +122,7 @@ def summarise(args, target_name: str, records: list[dict], agents: list[str]) ->
         for baseline in baselines + ["std"]:
             t = PAIRED_BUDGET if (baseline, PAIRED_BUDGET) in per_claim else 0
             diff = per_claim[(method, PAIRED_BUDGET)] - per_claim[(baseline, t)]
-            mean, lo, hi = bootstrap(diff, rng)
+            mean, lo, hi = bootstrap_mean(diff, rng)
             paired.append(
                 {"method": method, "baseline": baseline, "T": PAIRED_BUDGET, "baseline_T": t, "KT_diff": [mean, lo, hi]}
             )
@@ -136,7 +130,7 @@ def summarise(args, target_name: str, records: list[dict], agents: list[str]) ->
         method, _, baseline = pair.partition(":")
         diff = per_claim[(method, PAIRED_BUDGET)] - per_claim[(baseline, PAIRED_BUDGET)]
         paired.append(
-            {"method": method, "baseline": baseline, "T": PAIRED_BUDGET, "KT_diff": list(bootstrap(diff, rng))}
+            {"method": method, "baseline": baseline, "T": PAIRED_BUDGET, "KT_diff": list(bootstrap_mean(diff, rng))}
         )
     return {
         "target": target_name,
@@ -146,8 +140,8 @@ def summarise(args, target_name: str, records: list[dict], agents: list[str]) ->
         "max_passage_words": args.max_passage_words,
         "dtype": args.dtype,
         "difficulty": {
-            "KT_greedy_vs_identifier_order": bootstrap(kendall_tau(identity, targets).astype(float), rng),
-            "KT_greedy_vs_std": bootstrap(kendall_tau(std, targets).astype(float), rng),
+            "KT_greedy_vs_identifier_order": bootstrap_mean(kendall_tau(identity, targets).astype(float), rng),
+            "KT_greedy_vs_std": bootstrap_mean(kendall_tau(std, targets).astype(float), rng),
         },
         "rows": rows,
         "paired_kt_difference": paired,

@@ -16,7 +16,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["MEASURES", "Measure", "footrule", "kemeny", "kendall_tau", "positions", "similarity", "spearman_rho"]
+__all__ = [
+    "MEASURES",
+    "Measure",
+    "bootstrap_mean",
+    "footrule",
+    "kemeny",
+    "kendall_tau",
+    "positions",
+    "similarity",
+    "spearman_rho",
+]
 
 
 def positions(rankings: np.ndarray) -> np.ndarray:
@@ -90,3 +100,9 @@ MEASURES: dict[str, Measure] = {
 def similarity(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """Means over queries of every measure in ``MEASURES``."""
     return {name: float(m.fn(pred, target).mean()) for name, m in MEASURES.items()}
+
+
+def bootstrap_mean(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float, float]:
+    """Mean of per-claim ``values`` and its 95% percentile-bootstrap interval over claims."""
+    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
