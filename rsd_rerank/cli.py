@@ -675,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "finetune",
         help="train a baseline on the target's own greedy rankings: heads (blockwise, medusa) or a LoRA ranker "
-        "(first-ft, rankzephyr-ft)",
+        "(first-ft, rankzephyr-ft); or make the target a listwise reranker (reranker: the smollm2-reranker recipe)",
     )
     _add_model_options(p)
     p.add_argument("--method", required=True, choices=FINETUNED, help="what to train")
