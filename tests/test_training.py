@@ -100,8 +100,11 @@ def test_a_killed_run_resumes_to_the_same_agent(tiny_llama, train_file, tmp_path
         assert torch.equal(a, b), name
     if batch_size > 1:  # batched rollouts sample the same trajectories as one query at a time
         alone = train(tiny_llama, requests, tmp_path / "alone", config)
+        # The same trajectories, so the same weights up to the rows' own agreement: a batched pass's rows
+        # equal one session's within 1e-4, not bit for bit, and with torch 2.15 / transformers 5.25 on this
+        # CPU the trained weights (|w| up to 1) then differ by up to 6e-5 (a different trajectory: ~1e-2).
         for (name, a), (_, b) in zip(whole.state_dict().items(), alone.state_dict().items(), strict=True):
-            assert torch.allclose(a, b, atol=1e-5), name
+            assert torch.allclose(a, b, atol=2e-4), name
 
 
 def test_target_cache_is_reused_and_keyed_by_prompt(tiny_llama, train_file, tmp_path):
