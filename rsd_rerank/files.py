@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -189,3 +190,15 @@ def swap_in(fresh: str | os.PathLike, output: str | os.PathLike) -> None:
         return
     os.chmod(fresh, stat.S_IMODE(output.stat().st_mode))
     os.replace(fresh, output)
+
+
+def replace_folder(fresh: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Put the complete folder ``fresh`` where ``folder`` is: the old one is renamed aside, the new one
+    renamed in, then the old one deleted, so that a crash leaves one whole folder (or both) on disk."""
+    fresh, folder = Path(fresh), Path(folder)
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(fresh, folder)
+    shutil.rmtree(old, ignore_errors=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rsd_rerank.files import atomic_write
+from rsd_rerank.files import atomic_write, replace_folder
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
@@ -61,8 +61,7 @@ def main(argv=None) -> int:
         "example_greedy": greedy,
     }
     atomic_write(fresh / "reranker.json", json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(args.out, ignore_errors=True)
-    fresh.rename(args.out)
+    replace_folder(fresh, args.out)
     print(f"shipped {args.adapter} (step {args.step}) to {args.out}; example greedy {greedy}")
     return 0
 

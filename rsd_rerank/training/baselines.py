@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from rsd_rerank.baselines import HEADS, MEDUSA_HEADS, Heads, save_heads
-from rsd_rerank.files import atomic_write, replacing
+from rsd_rerank.files import atomic_write, replace_folder, replacing
 from rsd_rerank.prompt import PromptConfig, request_prompts, shown_passages
 from rsd_rerank.runs import BatchConfig, batches
 from rsd_rerank.session import TargetSession
@@ -299,8 +299,7 @@ def _save_adapter(model, directory: Path) -> None:
     fresh = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(fresh, ignore_errors=True)
     model.save_pretrained(str(fresh))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(fresh, directory)
+    replace_folder(fresh, directory)
 
 
 def finetune(
@@ -339,17 +338,8 @@ def finetune(
     work.mkdir(parents=True, exist_ok=True)
     summary = _finetune_into(target, requests, config, work, prompt, batching)
     if work != out:
-        _swap_in(work, out)
+        replace_folder(work, out)
     return summary
-
-
-def _swap_in(fresh: Path, out: Path) -> None:
-    """Replace the folder ``out`` by ``fresh`` (two renames; the old one is deleted after)."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
-    os.replace(fresh, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _finetune_into(
