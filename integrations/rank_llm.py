@@ -320,10 +320,11 @@ def _textless_below(result: Result, start: int, end: int) -> int:
     (each group in input order) and return where the candidates with text end: only they are ranked
     (an LLM asked to order empty passages orders them arbitrarily). ``read_requests`` warns about them."""
     window = result.candidates[start:end]
-    texted = [c for c in window if has_text(c.doc)]
-    if len(texted) < len(window):
-        result.candidates[start:end] = texted + [c for c in window if not has_text(c.doc)]
-    return start + len(texted)
+    shown = [has_text(c.doc) for c in window]
+    if not all(shown):
+        texted = [c for c, s in zip(window, shown, strict=True) if s]
+        result.candidates[start:end] = texted + [c for c, s in zip(window, shown, strict=True) if not s]
+    return start + sum(shown)
 
 
 def _rank_order_scores(result: Result, start: int, end: int) -> None:

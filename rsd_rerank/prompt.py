@@ -347,9 +347,11 @@ def _as_doc(doc: Mapping[str, Any] | str) -> Mapping[str, Any]:
 
 
 def has_text(doc: Mapping[str, Any] | str) -> bool:
-    """Whether a candidate's doc has any passage text (a title counts) for the LLM to read."""
+    """Whether the prompt shows the LLM any text for this doc: its title, or the first of ``TEXT_FIELDS``
+    it holds (the one RankLLM reads; a later field is never shown)."""
     doc = _as_doc(doc)
-    return any(str(doc.get(field) or "").strip() for field in ("title", *TEXT_FIELDS))
+    field = next((f for f in TEXT_FIELDS if f in doc), None)
+    return any(str(doc.get(name) or "").strip() for name in ("title", field) if name is not None)
 
 
 def _content_words(handler, doc: Mapping[str, Any]) -> int:
@@ -357,8 +359,7 @@ def _content_words(handler, doc: Mapping[str, Any]) -> int:
         return len(handler._convert_doc_to_prompt_content(doc, 10**9).split())
     except KeyError as err:
         raise ValueError(
-            f"candidate doc has none of the fields RankLLM reads (text, segment, contents, content, body, passage): "
-            f"{sorted(doc)}"
+            f"candidate doc has none of the fields RankLLM reads ({', '.join(TEXT_FIELDS)}): {sorted(doc)}"
         ) from err
 
 
