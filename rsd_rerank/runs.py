@@ -50,10 +50,9 @@ def read_requests(path: str | os.PathLike) -> list:
     from dacite import DaciteError, from_dict
     from rank_llm.data import Request
 
-    text = "".join(line for _, line in _lines(path, "requests file"))
     if str(path).endswith(".json"):
         try:
-            records = json.loads(text)
+            records = json.loads("".join(line for _, line in _lines(path, "requests file")))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not a JSON array of RankLLM requests ({err})") from err
         if not isinstance(records, list):
@@ -61,7 +60,7 @@ def read_requests(path: str | os.PathLike) -> list:
         where = [(f"{path}: element {number}", record) for number, record in enumerate(records)]
     else:
         where = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in _lines(path, "requests file"):
             if not line.strip():
                 continue
             try:

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 EMBEDDED = "smollm2"
 """Name of the embedded default target, SmolLM2-135M-Instruct."""
+_EMBEDDED_NAMES = (EMBEDDED, "smollm2-135m-instruct")
+"""What ``--model`` takes for the embedded SmolLM2, in any case."""
 RERANKER = "smollm2-reranker"
 """Name of the shipped realistic target: SmolLM2 with the listwise-reranker LoRA in ``rerankers/`` merged in."""
 RERANKER_ADAPTER = Path(__file__).parent / "rerankers" / RERANKER
@@ -403,7 +405,7 @@ def load_target(
         return Target(moved, model.tokenizer, model.name)
     where = resolve_device(device)
     precision = resolve_dtype(dtype, where)
-    if model is None or str(model).lower() in (EMBEDDED, "smollm2-135m-instruct"):
+    if model is None or str(model).lower() in _EMBEDDED_NAMES:
         return _from_local(embedded_model_dir(), EMBEDDED, where, precision, device_map)
     if str(model) == RANDOM_LLAMA:
         return random_llama(device=str(where), dtype=str(precision).removeprefix("torch."))
@@ -450,8 +452,8 @@ def check_target_name(model: str | os.PathLike | None) -> None:
     Raises:
         ValueError: one line naming the value and what ``--model`` takes.
     """
-    if model is None or str(model).lower() in (EMBEDDED, "smollm2-135m-instruct", RERANKER, RANDOM_LLAMA):
-        return
+    if model is None or str(model).lower() in _EMBEDDED_NAMES or str(model) in (RERANKER, RANDOM_LLAMA):
+        return  # the built-in names, spelt as load_target reads them
     path = Path(model).expanduser()
     if path.is_dir():
         return
