@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     claims = args.out.with_suffix(".claims.jsonl")
     if args.adapter:
-        target = smollm2_reranker(dtype="float32" if args.dtype == "auto" else args.dtype, adapter=args.adapter)
+        target = smollm2_reranker(dtype=args.dtype, adapter=args.adapter)
     else:
         target = load_target(args.target, dtype=args.dtype)
     requests = read_requests(args.requests)[: args.queries]
