@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 from transformers import PreTrainedTokenizerBase
 
+from rsd_rerank.config import bounded, check_ranges
+
 __all__ = [
     "DEFAULT_TEMPLATE",
     "IDENTIFIERS",
@@ -72,10 +74,13 @@ class PromptConfig:
 
     template: str = DEFAULT_TEMPLATE
     """A RankLLM ``singleturn_listwise`` template: a file name among RankLLM's bundled templates, or a path."""
-    max_passage_words: int = 300
+    max_passage_words: int = bounded(300, 1)
     """Words kept per passage before the context check (RankLLM's ``max_passage_words`` default)."""
-    context_size: int = 4096
+    context_size: int = bounded(4096, 1)
     """Token budget for prompt + ranking (RankLLM's default ``context_size``); passages shrink to fit."""
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,26 @@ class Prompt:
     (None for a prompt made from ready messages)."""
     truncated_passages: int | None = None
     """How many passages lost words (to ``max_passage_words`` or to the context)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (``from_json`` reads it back): the prompt cache's entries, benchmark bundles."""
+        return {
+            "messages": self.messages,
+            "token_ids": list(self.token_ids),
+            "layout": self.layout.to_json(),
+            "passage_words": self.passage_words,
+            "truncated_passages": self.truncated_passages,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Prompt:
+        return cls(
+            messages=list(data["messages"]),
+            token_ids=list(data["token_ids"]),
+            layout=RankingLayout.from_json(data["layout"]),
+            passage_words=data.get("passage_words"),
+            truncated_passages=data.get("truncated_passages"),
+        )
 
 
 def identifier(item: int, numeric: bool = False) -> str:
@@ -405,16 +430,45 @@ def build_prompt(
     ``min(config.context_size, max_tokens)`` tokens, the per-passage word limit shrinks (RankLLM's
     rule) until they fit, and a warning says so.
 
+    A fitted prompt is stored by content (``prompt_cache``: template, tokenizer, budgets, query and
+    passages), so building it again costs a file read.
+
     Raises:
         ValueError: bad candidates (see ``check_candidates``), a doc without text, a template or
             tokenizer that cannot express the ranking, or a query that alone overflows the context.
     """
+    from rsd_rerank import prompt_cache
+
+    template, numeric = _load_template(config.template)
+    docs = [dict(_as_doc(d)) for d in docs]
+    settings = {
+        "max_passage_words": config.max_passage_words,
+        "context_size": config.context_size,
+        "max_tokens": max_tokens,
+        "numeric": numeric,
+    }
+    key = prompt_cache.prompt_key(template, tokenizer, settings, query, docs)
+    entry = prompt_cache.load(key)
+    if entry is not None:
+        return Prompt.from_json(entry)
+    prompt = _fitted_prompt(tokenizer, query, docs, config, max_tokens)
+    prompt_cache.store(key, prompt.to_json())
+    return prompt
+
+
+def _fitted_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    query: str,
+    docs: list[Mapping[str, Any]],
+    config: PromptConfig,
+    max_tokens: int | None,
+) -> Prompt:
+    """RankLLM's prompt, its passages shrunk until prompt and ranking fit the context (``build_prompt``)."""
     from rank_llm.data import Candidate, Query, Result
 
     k = len(docs)
     handler, numeric = _handler(config.template)
     layout = ranking_layout(tokenizer, k, numeric)
-    docs = [_as_doc(d) for d in docs]
     limit = config.context_size if max_tokens is None else min(config.context_size, max_tokens)
     n_ranking = len(layout.tokens(range(k)))
     result = Result(

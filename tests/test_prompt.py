@@ -108,3 +108,49 @@ def test_one_candidate_layout_keeps_the_identifier_token(smollm2):
     layout = ranking_layout(smollm2.tokenizer, 1)
     assert smollm2.tokenizer.convert_ids_to_tokens(list(layout.first_ids)) == ["A"]
     assert layout.tokens([0]) == smollm2.tokenizer.encode("[A]", add_special_tokens=False)
+
+
+def test_a_second_command_over_the_same_requests_builds_no_prompt(tmp_path, monkeypatch, requests_json):
+    """``compare`` twice over the same requests: the first builds every prompt through RankLLM, the second
+    none (they come from the content-keyed cache), and both give the same table. A changed passage budget
+    or passage text is another prompt, built anew."""
+    import json
+
+    import rsd_rerank.prompt as prompt
+    from rsd_rerank import prompt_cache
+    from rsd_rerank.cli import main
+
+    monkeypatch.setattr(prompt_cache, "ROOT", tmp_path / "prompts")
+    built = []
+    real = prompt._fitted_prompt
+    monkeypatch.setattr(prompt, "_fitted_prompt", lambda *a, **k: built.append(a[1]) or real(*a, **k))
+    requests = tmp_path / "r.jsonl"
+    requests.write_text("".join(json.dumps(r) + "\n" for r in requests_json))
+    args = ["compare", "--model", "random-llama", "--requests", str(requests), "--methods", "std,gsd", "--budgets", "1"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert len(built) == len(requests_json)
+    assert main([*args, "--out", str(tmp_path / "two")]) == 0
+    assert len(built) == len(requests_json)  # none built the second time
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert [r["ranking"] for r in one["records"]] == [r["ranking"] for r in two["records"]]
+    assert main([*args, "--max-passage-words", "50", "--out", str(tmp_path / "three")]) == 0
+    assert len(built) == 2 * len(requests_json)
+    edited = [dict(requests_json[0], candidates=[dict(c) for c in requests_json[0]["candidates"]])]
+    edited[0]["candidates"][3]["doc"] = {"text": "another passage"}
+    requests.write_text(json.dumps(edited[0]) + "\n")
+    assert main([*args, "--out", str(tmp_path / "four")]) == 0
+    assert len(built) == 2 * len(requests_json) + 1
+
+
+def test_a_cached_prompt_equals_a_fresh_one(smollm2, query_docs, tmp_path, monkeypatch):
+    from rsd_rerank import prompt_cache
+
+    monkeypatch.setattr(prompt_cache, "ROOT", tmp_path / "prompts")
+    query, docs = query_docs[0]
+    config = PromptConfig(max_passage_words=8)  # a cut prompt: passage_words and truncation are kept too
+    fresh = build_prompt(smollm2.tokenizer, query, docs, config)
+    assert len(list((tmp_path / "prompts").rglob("*.json"))) == 1
+    assert build_prompt(smollm2.tokenizer, query, docs, config) == fresh and fresh.truncated_passages > 0
+    (entry,) = (tmp_path / "prompts").rglob("*.json")
+    entry.write_text("{not json")  # a damaged entry is rebuilt, not trusted
+    assert build_prompt(smollm2.tokenizer, query, docs, config) == fresh
