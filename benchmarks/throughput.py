@@ -172,9 +172,8 @@ def latency(target: Target, prompts: list[Prompt], budget: int, repeats: int) ->
             if record:
                 times["prefill"].append(session.prefill_seconds)
             for name, config in methods.items():
-                session.forget()
-                if config.method == "greedy":
-                    session._greedy.clear()  # time the target's own K-1 steps
+                # greedy: its memo dropped too, so that the target's own K-1 steps are timed
+                session.forget(greedy=config.method == "greedy")
                 decoded = rank_many(session, config)[0]
                 if record:
                     times.setdefault(name, []).append(decoded.trace.decode_seconds)

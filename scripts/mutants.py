@@ -34,9 +34,9 @@ class Mutant:
 MUTANTS = (
     Mutant(
         "prefix-reuse-off",
-        "rsd_rerank/session.py",
-        "    def _shared_prefix(self, ranking: list[int], cached: tuple[int, ...]) -> int:\n",
-        "    def _shared_prefix(self, ranking: list[int], cached: tuple[int, ...]) -> int:\n        return 0\n",
+        "rsd_rerank/session/verification.py",
+        "def shared_prefix(ranking: Sequence[int], held: Sequence[int]) -> int:\n",
+        "def shared_prefix(ranking: Sequence[int], held: Sequence[int]) -> int:\n    return 0\n",
         (
             "tests/test_session.py::test_a_pass_feeds_only_the_tail_after_the_verified_prefix",
             "tests/test_decoding.py::test_a_later_round_feeds_only_the_tail_after_its_verified_prefix",
@@ -61,7 +61,7 @@ MUTANTS = (
     ),
     Mutant(
         "i-star-off-by-one",
-        "rsd_rerank/session.py",
+        "rsd_rerank/session/verification.py",
         "    return (rankings == greedy).long().cumprod(dim=1).sum(dim=1)\n",
         "    return ((rankings == greedy).long().cumprod(dim=1).sum(dim=1) + 1).clamp(max=rankings.shape[1])\n",
         (
@@ -71,9 +71,9 @@ MUTANTS = (
     ),
     Mutant(
         "tree-ancestors-hidden",
-        "rsd_rerank/session.py",
-        "            for depth in range(1, len(path)):\n",
-        "            for depth in range(1, 1):\n",
+        "rsd_rerank/session/heads.py",
+        "        for depth in range(1, len(path)):\n",
+        "        for depth in range(1, 1):\n",
         ("tests/test_baselines.py::test_a_tree_pass_reads_the_rows_verify_reads",),
     ),
 )
@@ -84,16 +84,16 @@ HELD_ROWS = "tests/test_session.py::test_rows_of_a_verified_prefix_are_the_held_
 MUTANTS += (
     Mutant(
         "kv-of-row-0",
-        "rsd_rerank/session.py",
+        "rsd_rerank/session/forward.py",
         "    i = offset + row\n",
         "    i = offset\n",
         (MIXED_PASS,),
     ),
     Mutant(
         "held-rows-recomputed",
-        "rsd_rerank/session.py",
-        "            matrices = torch.where(own[:, :, None], held.expand(b, -1, -1), fresh)\n",
-        "            matrices = fresh\n",
+        "rsd_rerank/session/verification.py",
+        "    return torch.where(own[:, :, None], held.expand(b, -1, -1), fresh)\n",
+        "    return fresh\n",
         (HELD_ROWS,),
     ),
 )
@@ -102,14 +102,14 @@ BATCH_TEST = "tests/test_batching.py::test_a_batch_gives_each_query_what_its_own
 MUTANTS += (
     Mutant(
         "positions-count-padding",
-        "rsd_rerank/session.py",
-        "            self._lengths[queries][:, None]\n",
-        "            self._width\n",
+        "rsd_rerank/session/single.py",
+        "            self.prompts.length_tensor[queries][:, None]\n",
+        "            self.prompts.width\n",
         (BATCH_TEST,),
     ),
     Mutant(
         "leaves-batch-early",
-        "rsd_rerank/session.py",
+        "rsd_rerank/session/single.py",
         "            still = [i for i in active_list if ks[i] - 1 > slot]\n",
         "            still = [i for i in active_list if ks[i] - 1 > slot + 1]\n",
         (BATCH_TEST, "tests/test_batching.py::test_theorem_1_inside_a_batch_and_early_leavers"),

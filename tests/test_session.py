@@ -163,6 +163,27 @@ def test_free_generation_goes_through_the_session(tiny_llama, query_docs):
     assert s.passes == 0  # generation's steps are not verification passes
 
 
+def test_batched_generation_through_the_forward_is_hf_greedy_generation(tiny_llama, query_docs):
+    """Free generation runs through the session's one forward, batched with left padding; each query's
+    text is what transformers' own greedy ``generate`` writes for it alone."""
+    docs = [query_docs[0][1], query_docs[1][1][:7]]  # prompts of different lengths: one is left-padded
+    s = TargetSession.from_prompts(
+        tiny_llama, [TargetSession(tiny_llama, query_docs[i][0], docs[i]).prompt for i in range(2)]
+    )
+    assert len(set(s.prompt_lengths)) == 2
+    ours = s.generate_many(max_new_tokens=12)
+    for q, prompt in enumerate(s.prompts):
+        ids = torch.tensor([prompt.token_ids[: len(prompt.token_ids) - len(prompt.layout.head)]])
+        out = tiny_llama.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, pad_token_id=s._pad_id
+        )
+        theirs = out[0, ids.shape[1] :].tolist()
+        eos = tiny_llama.tokenizer.eos_token_id
+        theirs = theirs[: theirs.index(eos) + 1] if eos in theirs else theirs
+        assert ours[q].text == tiny_llama.tokenizer.decode(theirs, skip_special_tokens=True)
+        assert ours[q].new_tokens == len(theirs)
+
+
 # One forward holding rankings with different verified prefixes, the best of them not row 0: what a
 # batched verification (RPO's G trajectories) keeps must be the best one's, rows and KV alike.
 
@@ -190,14 +211,16 @@ def test_rows_of_a_verified_prefix_are_the_held_ones_so_i_star_grows_in_any_prec
     g = session.greedy_ranking()
     session.forget()
     held = session.verify(g).matrices[0]
-    rows = TargetSession._rows
+    from rsd_rerank.session.single import SingleTokenPasses
+
+    rows = SingleTokenPasses.rows
     noise = torch.Generator().manual_seed(0)
 
     def perturbed(self, logits, *args, **kwargs):
         out = rows(self, logits, *args, **kwargs)
         return out + torch.randn(out.shape, generator=noise).to(out)  # larger than any precision's error
 
-    monkeypatch.setattr(TargetSession, "_rows", perturbed)
+    monkeypatch.setattr(SingleTokenPasses, "rows", perturbed)
     rest = lambda n, seed: [g[n:][i] for i in _shuffled(20 - n, seed)]  # noqa: E731
     # Row 0 shares 12 verified slots, row 1 only 3: the pass is fed from slot 3 for both.
     v = session.verify([g[:12] + rest(12, 1), g[:3] + rest(3, 2)])
