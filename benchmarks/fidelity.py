@@ -31,17 +31,16 @@ from tqdm import tqdm
 from rsd_rerank.agent import AgentProposer, exploration_report, resolve_agent
 from rsd_rerank.decoding import decode
 from rsd_rerank.files import atomic_write
-from rsd_rerank.methods import BUDGETED, DecodingConfig, rank
+from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.metrics import MEASURES, bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.proposers import PROPOSERS
+from rsd_rerank.registry import BASELINES, BUDGETED
 from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import load_target
 
 PAIRED_BUDGET = 5
-BASELINES = ("sdm", "blockwise", "medusa", "pdm", "first-ft", "rankzephyr-ft", "first-sd")
-"""The paper's baselines (``--baselines``); ``gsd`` and ``consensus`` always run."""
 
 
 def _run(session: TargetSession, decoder) -> dict:
@@ -138,7 +137,7 @@ def summarise(args, target_name: str, records: list[dict], agents: list[str]) ->
         "k": k,
         "requests": str(args.requests),
         "max_passage_words": args.max_passage_words,
-        "dtype": args.dtype,
+        "dtype": args.resolved_dtype,
         "difficulty": {
             "KT_greedy_vs_identifier_order": bootstrap_mean(kendall_tau(identity, targets).astype(float), rng),
             "KT_greedy_vs_std": bootstrap_mean(kendall_tau(std, targets).astype(float), rng),
@@ -155,8 +154,7 @@ def markdown(summary: dict, exploration: dict | None) -> str:
         f"# Fidelity to the greedy ranking of `{summary['target']}`",
         "",
         f"{summary['claims']} BEIR SciFact test claims, BM25 top {summary['k']}, passages ≤ "
-        f"{summary['max_passage_words']} words (then fitted to the context), dtype {summary.get('dtype', 'auto')} "
-        "(auto: float32 on the CPU). Mean [95% bootstrap CI]. "
+        f"{summary['max_passage_words']} words (then fitted to the context), dtype {summary['dtype']}. Mean [95% bootstrap CI]. "
         "KT/SR higher is better, FD/KD lower. T = LLM passes allowed after the prompt; `passes` = used on average.",
         "",
         f"Target difficulty: KT(greedy, identifier order) = {fmt(d['KT_greedy_vs_identifier_order'])}; "
@@ -203,7 +201,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--ranker", action="append", default=[], help="METHOD=DIR: a baseline's heads or fine-tune")
     p.add_argument("--max-passage-words", type=int, default=PromptConfig.max_passage_words)
-    p.add_argument("--dtype", default="auto", help="the target's precision (auto: float32 on the CPU)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="the target's precision (auto: see rsd-rerank --dtype; the one used is recorded)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output stem: writes .json, .md, .claims.jsonl")
     args = p.parse_args(argv)
     args.claims = args.out.with_suffix(".claims.jsonl")
@@ -214,6 +216,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
 
     target = load_target(args.target, dtype=args.dtype)
+    args.resolved_dtype = str(target.model.dtype).removeprefix("torch.")
     requests = read_requests(args.requests)[: args.queries]
     k = len(requests[0].candidates)
     proposers = {name: (lambda s, cls=PROPOSERS[name]: cls()) for name in ("gsd", "consensus")}

@@ -13,20 +13,15 @@ import numpy as np
 from tqdm import tqdm
 
 from rsd_rerank.integrations.measures import evaluate
-from rsd_rerank.methods import BUDGETED, METHODS, DecodingConfig, rank_many
+from rsd_rerank.methods import DecodingConfig, rank_many
 from rsd_rerank.metrics import similarity
 from rsd_rerank.prompt import PromptConfig, check_candidates, numeric_identifiers, request_prompts
-from rsd_rerank.runs import BatchConfig, batched_sessions
-from rsd_rerank.session import TargetSession
+from rsd_rerank.registry import BUDGETED, COMPARE_METHODS
+from rsd_rerank.runs import BatchConfig
+from rsd_rerank.session import TargetSession, batched_sessions
 from rsd_rerank.targets import Target
 
-__all__ = ["COMPARE_METHODS", "compare", "parse_generation", "summarise"]
-
-COMPARE_METHODS = ("generate", "first", *METHODS)
-"""``generate``: free token-by-token generation (RankZephyr-style), parsed by RankLLM;
-``first``: FIRST-style, items by their first-identifier logit (on one LLM the same order as ``std``,
-which is the decoder's zero-pass path); the rest as in ``rsd_rerank.methods.METHODS``, the paper's
-baselines included."""
+__all__ = ["compare", "parse_generation", "summarise"]
 
 
 def parse_generation(text: str, k: int, numeric: bool = False) -> tuple[list[int], bool]:

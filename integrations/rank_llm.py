@@ -44,7 +44,8 @@ from rsd_rerank.prompt import (
     template_path,
     warn_context_cuts,
 )
-from rsd_rerank.runs import BatchConfig, WindowConfig, batched_sessions, request_chunks
+from rsd_rerank.runs import BatchConfig, WindowConfig, request_chunks
+from rsd_rerank.session import batched_sessions
 from rsd_rerank.targets import Target, load_target
 
 __all__ = ["RSDReranker", "Reranked", "rerank_windowed"]

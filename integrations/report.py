@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from rsd_rerank.files import atomic_write, replacing
-from rsd_rerank.methods import BUDGETED
 from rsd_rerank.metrics import MEASURES
+from rsd_rerank.registry import BUDGETED
 
 __all__ = ["figure", "markdown_table", "plot", "write_comparison"]
 
@@ -107,7 +107,8 @@ def write_comparison(stem: str | os.PathLike, meta: dict, rows: list[dict], reco
     table = markdown_table(rows)
     atomic_write(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows, "records": records}, indent=1) + "\n")
     atomic_write(
-        stem.with_suffix(".md"), f"# Comparison on {meta['queries']} queries, target {meta['target']}\n\n" + table
+        stem.with_suffix(".md"),
+        f"# Comparison on {meta['queries']} queries, target {meta['target']} ({meta['dtype']})\n\n" + table,
     )
     plot(rows, stem.with_suffix(".png"))
     return table

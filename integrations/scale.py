@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from rsd_rerank.config import bounded, check_ranges
 from rsd_rerank.methods import DecodingConfig
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import BatchConfig, WindowConfig, request_chunks
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 class ScaleConfig:
     """How many machines' worth of workers, and where they run."""
 
-    workers: int = 1
+    workers: int = bounded(1, 1)
     """Ray actors, each holding the target and the agent (1: this process, no Ray)."""
     ray_address: str | None = None
     """An existing Ray cluster to join (e.g. ray://head:10001 or auto); by default a local cluster is started and stopped."""
@@ -47,8 +48,7 @@ class ScaleConfig:
     """Seconds to wait for the --ray-address host to answer before giving up (Ray alone would retry for minutes)."""
 
     def __post_init__(self):
-        if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        check_ranges(self)
 
 
 def _check_reachable(address: str, timeout: float) -> None:

@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rsd_rerank.agent import K_TIED, NETWORKS, AgentConfig
+from rsd_rerank.config import minimum_of
 from rsd_rerank.integrations.scale import ScaleConfig
-from rsd_rerank.methods import BUDGETED, METHODS, DecodingConfig
+from rsd_rerank.methods import DecodingConfig
 from rsd_rerank.metrics import MEASURES
 from rsd_rerank.prompt import PromptConfig
+from rsd_rerank.registry import BUDGETED, METHODS, REGISTRY
 from rsd_rerank.runs import BatchConfig, WindowConfig
 from rsd_rerank.targets import DTYPES, Target, TargetConfig
 from rsd_rerank.training.baselines import FINETUNED, FinetuneConfig
@@ -66,31 +68,9 @@ TRAIN_FIELDS = (
     "save_every",
     "seed",
 )
-MINIMUM = {
-    "lora_layers": 0,
-    "snapshot_every": 0,
-    "max_passage_words": 1,
-    "context_size": 1,
-    "batch_size": 1,
-    "max_batch_tokens": 1,
-    "rerank_top": 1,
-    "window_size": 1,
-    "stride": 1,
-    "workers": 1,
-    "budget": 0,
-    "group": 1,
-    "stage1_epochs": 0,
-    "rpo_epochs": 0,
-    "rpo_queries": 1,
-    "batch": 1,
-    "val_queries": 0,
-    "save_every": 1,
-    "hidden": 1,
-    "layers": 1,
-    "heads": 1,
-}
-"""Integer options are range-checked at parse time: 0 or a negative number would run and mean nothing."""
 CHOICES = {"method": METHODS, "network": NETWORKS, "advantage": ADVANTAGES, "dtype": DTYPES, "device_map": ("auto",)}
+GENERATED_HELP = {(DecodingConfig, "method"): "; ".join(f"{m.name}: {m.help}" for m in REGISTRY.values())}
+"""Help read from a registry rather than a field's docstring (the methods' table is ``rsd_rerank.registry``)."""
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -127,8 +107,10 @@ def _option_type(cls: type, name: str):
     hint = typing.get_type_hints(cls)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-    if hint is int and name in MINIMUM:
-        return at_least(MINIMUM[name])
+    # Range limits live once, on the dataclass field (``rsd_rerank.config.bounded``); checked here at
+    # parse time too, so that a bad option fails before anything loads.
+    if hint is int and minimum_of(cls, name) is not None:
+        return at_least(minimum_of(cls, name))
     return hint
 
 
@@ -138,6 +120,7 @@ def add_config_options(p: argparse.ArgumentParser, cls: type, names: Sequence[st
     Fields in ``unset`` default to None so that a command can tell whether the user gave them.
     """
     defaults, docs = cls(), field_docs(cls)
+    docs.update({name: f"{docs.get(name, '')} {text}" for (of, name), text in GENERATED_HELP.items() if of is cls})
     for name in names:
         default = getattr(defaults, name)
         shown = "" if default is None else f" (default: {default})"
@@ -248,8 +231,7 @@ def _print_reranked(batch: list) -> None:
 def _cmd_rerank(args: argparse.Namespace) -> None:
     from rsd_rerank.files import run_destination, swap_in
     from rsd_rerank.integrations.pipeline import RunRequests, rerank_into_run, resumable
-    from rsd_rerank.prompt import check_candidates
-    from rsd_rerank.runs import read_requests
+    from rsd_rerank.runs import read_run_requests
 
     decoding = _decoding_config(args)
     prompt = _prompt_config(args)
@@ -258,21 +240,7 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
     if args.requests:
         if args.topics or args.dataset or args.index or args.corpus or args.keep_missing:
             raise ValueError("--topics, --dataset, --index, --corpus and --keep-missing go with --run, not --requests")
-        requests = read_requests(args.requests)
-        qids = [str(r.query.qid) for r in requests]
-        repeated = sorted({q for q in qids if qids.count(q) > 1})
-        if repeated:
-            raise ValueError(
-                f"{args.requests} repeats qids {', '.join(repeated[:10])}: a TREC run holds one ranking per qid"
-            )
-        for request in requests:  # before anything is loaded or written
-            if request.candidates:
-                check_candidates([str(c.docid) for c in request.candidates], one_prompt=False)
-        empty = [str(r.query.qid) for r in requests if not r.candidates]
-        if empty:
-            log.warning(
-                "%d requests have no candidates and get no lines in the run: %s", len(empty), ", ".join(empty[:10])
-            )
+        requests = read_run_requests(args.requests)  # checked before anything is loaded or written
         made = RunRequests(requests, {}, {})
         hits = {str(r.query.qid): [(str(c.docid), c.score) for c in r.candidates] for r in requests}
     else:
@@ -462,11 +430,14 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     with _engine(args) as engine:
         if isinstance(engine, Target):
             records, name = compare(engine, requests, judged, *settings), engine.name
-        else:  # Ray actors: the same chunks, records in request order
+            dtype = str(engine.model.dtype).removeprefix("torch.")
+        else:  # Ray actors: the same chunks, records in request order (each worker logs its dtype)
             records, name = engine.compare(requests, *settings), config_from(TargetConfig, args, TARGET_FIELDS).model
+            dtype = config_from(TargetConfig, args, TARGET_FIELDS).dtype
     rows = summarise(records, judged, _measures_of(args))
     meta = {
         "target": name,
+        "dtype": dtype,
         "queries": len(requests),
         "methods": methods,
         "budgets": args.budgets,
@@ -546,7 +517,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
-    from rsd_rerank.baselines import companion_dir
+    from rsd_rerank.companions import companion_dir
     from rsd_rerank.runs import read_requests
     from rsd_rerank.training.baselines import finetune
 
@@ -629,7 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_topic_options(p)
     p.add_argument("--hits", type=at_least(1), default=100, help="BM25 hits per query kept in the run")
     p.add_argument(
-        "--rerank-top", type=at_least(1), default=20, help="hits reranked (RankLLM windows beyond --window-size)"
+        "--rerank-top",
+        type=at_least(1),
+        default=20,
+        help="hits reranked of the --hits retrieved: 20, the paper's K, one window (rerank takes a run whole by "
+        "default: its file says what to rerank; windows beyond --window-size as RankLLM's)",
     )
     add_config_options(p, WindowConfig, WINDOW_FIELDS[1:])
     _add_measures_option(p)

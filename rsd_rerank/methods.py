@@ -4,49 +4,25 @@
 budget 0; ``gsd``, ``consensus``, ``pdm``, ``sdm``, ``first-sd`` and ``rsd`` are the loop with that
 proposer under the budget; ``blockwise`` and ``medusa`` decode with prediction heads
 (``decoding.tree_decode``); ``first-ft`` and ``rankzephyr-ft`` are STD on the target fine-tuned on
-its own rankings (``rsd_rerank.baselines``).
+its own rankings (``rsd_rerank.companions``).
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
 
 from rsd_rerank.agent import AgentProposer, resolve_agent
-from rsd_rerank.baselines import HEADS, RANKERS, heads_widths, load_heads, load_ranker
+from rsd_rerank.companions import heads_widths, load_heads, load_ranker
+from rsd_rerank.config import bounded, check_ranges
 from rsd_rerank.decoding import Decoded, decode_many, traced, tree_decode
 from rsd_rerank.proposers import PROPOSERS, DrafterProposer, GSDProposer, Proposer
+from rsd_rerank.registry import BUDGETED, HEADS, METHODS, RANKER_OF, REGISTRY, TRAINED_BASELINES
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, load_target, tokenizer_fingerprint
 
 __all__ = ["BUDGETED", "METHODS", "TRAINED_BASELINES", "DecodingConfig", "proposer_for", "rank", "rank_many"]
-
-METHODS = (
-    "greedy",
-    "std",
-    "gsd",
-    "consensus",
-    "rsd",
-    "sdm",
-    "blockwise",
-    "medusa",
-    "pdm",
-    "first-ft",
-    "rankzephyr-ft",
-    "first-sd",
-)
-"""``greedy``: the exact target (K-1 decode steps); ``std``: first-slot order, no pass;
-``gsd``/``consensus``/``rsd``: up-to-down decoding with that proposer under the budget (``rsd``: the
-learned agent, ``rsd_rerank.agent``); the paper's baselines: ``sdm`` (a drafter's order verified,
-GSD's rule once the budget is spent), ``blockwise`` and ``medusa`` (prediction heads, a chain or a
-[1, 3, 3, 3] tree verified per pass), ``pdm`` (Jacobi), ``first-ft`` / ``rankzephyr-ft`` (STD on the
-target fine-tuned with FIRST's or RankZephyr's loss), ``first-sd`` (the FIRST fine-tune drafts)."""
-BUDGETED = ("gsd", "consensus", "rsd", "sdm", "blockwise", "medusa", "pdm", "first-sd")
-TRAINED_BASELINES = (*HEADS, *RANKERS)
-"""The methods that need heads or a fine-tuned ranker made by ``rsd-rerank finetune``."""
-"""The methods whose result depends on the budget T."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +30,8 @@ class DecodingConfig:
     """How a candidate list is decoded."""
 
     method: str = "rsd"
-    """One of ``METHODS``."""
-    budget: int = 5
+    """The decoding method (``rsd_rerank.registry``: the README's methods table)."""
+    budget: int = bounded(5, 0)
     """T: LLM verification passes after the prompt (the budgeted methods: gsd, consensus, rsd, sdm, blockwise, medusa, pdm, first-sd)."""
     agent: str | None = None
     """``rsd`` only: an agent checkpoint directory or a bundled agent's name; None picks the bundled
@@ -74,10 +50,9 @@ class DecodingConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.budget < 0:
-            raise ValueError(f"the budget must be >= 0 passes, got {self.budget}")
-        if self.ranker is not None and self.method not in (*HEADS, *RANKERS, "sdm"):
-            raise ValueError(f"--ranker is for sdm, {', '.join(HEADS)} and {', '.join(RANKERS)}, not {self.method}")
+        check_ranges(self)
+        if self.ranker is not None and REGISTRY[self.method].companion in (None, "agent"):
+            raise ValueError(f"--ranker is for sdm, {', '.join(HEADS)} and {', '.join(RANKER_OF)}, not {self.method}")
 
 
 def proposer_for(config: DecodingConfig, session: TargetSession, query: int = 0) -> Proposer:
@@ -98,18 +73,19 @@ def rank_many(
     """Rank the candidates of ``queries`` (default: all of the session's) with ``config.method`` under
     ``config.budget``, all queries in the same forwards."""
     queries = list(range(len(session.prompts))) if queries is None else queries
-    if config.method == "greedy":
+    if REGISTRY[config.method].runs == "target":
         start, before = session.clock(), list(session.query_passes)
         rankings = session.greedy_rankings(queries)
         return {
             q: Decoded(torch.tensor([rankings[q]], device=session.device), traced(session, start, before[q], q))
             for q in queries
         }
-    if config.method in HEADS:
+    runs = REGISTRY[config.method].runs
+    if runs == "heads":
         heads = load_heads(config.ranker, session.target, config.method)
         widths = heads_widths(config.method, heads)
         return {q: tree_decode(session, heads, widths, config.budget, q) for q in queries}
-    if config.method in ("sdm", *RANKERS):
+    if runs == "drafted":
         return _drafted(session, config, queries)
     budget = 0 if config.method == "std" else config.budget
     by_k: dict[int, Proposer] = {}  # one agent per list length, shared by the queries (it holds no state)
@@ -121,7 +97,7 @@ def rank_many(
 
 def _drafter(session: TargetSession, config: DecodingConfig) -> Target | None:
     """The model whose first-slot order drafts (None: the target's own)."""
-    if config.method in RANKERS:
+    if config.method in RANKER_OF:
         return load_ranker(config.ranker, session.target, config.method)
     if config.ranker is None:
         return None
@@ -132,15 +108,12 @@ def _drafter(session: TargetSession, config: DecodingConfig) -> Target | None:
     return drafter
 
 
-_DRAFTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""Per session: a drafter's first-slot scores of its queries and the seconds they took, so that
-runs of one session under several budgets prefill the drafter once (and each is charged its seconds)."""
-
-
 def _drafts(session: TargetSession, config: DecodingConfig, queries: list[int]) -> tuple[dict, float]:
     """The drafter's [K] scores per query and the seconds of its prefill (with loading)."""
-    key = (RANKERS.get(config.method), config.ranker, tuple(queries))
-    memo = _DRAFTS.setdefault(session, {})
+    key = (RANKER_OF.get(config.method), config.ranker, tuple(queries))
+    # Kept on the session (it lives as long as the prompts it scored): runs of one session under
+    # several budgets prefill the drafter once, and each is charged its seconds.
+    memo = session.drafts
     if key not in memo:
         start = session.clock()
         drafter = _drafter(session, config)

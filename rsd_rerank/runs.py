@@ -10,10 +10,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rsd_rerank.config import bounded, check_ranges
 from rsd_rerank.files import atomic_write
-from rsd_rerank.prompt import TEXT_FIELDS, Prompt, has_text
-from rsd_rerank.session import TargetSession
-from rsd_rerank.targets import Target
+from rsd_rerank.prompt import TEXT_FIELDS, has_text
 
 __all__ = [
     "BatchConfig",
@@ -24,7 +23,6 @@ __all__ = [
     "read_requests",
     "read_run",
     "request_records",
-    "batched_sessions",
     "batches",
     "request_chunks",
     "write_run",
@@ -97,6 +95,30 @@ def read_requests(path: str | os.PathLike) -> list:
     return requests
 
 
+def read_run_requests(path: str | os.PathLike) -> list:
+    """``read_requests`` for a TREC run (``rerank --requests``): one ranking per qid, each candidate list
+    one the engine can rank, checked before anything is loaded; requests without candidates get no
+    lines in the run (a warning names them).
+
+    Raises:
+        ValueError: what ``read_requests`` raises, a qid repeated, or a bad candidate list (``check_candidates``).
+    """
+    from rsd_rerank.prompt import check_candidates
+
+    requests = read_requests(path)
+    qids = [str(r.query.qid) for r in requests]
+    repeated = sorted({q for q in qids if qids.count(q) > 1})
+    if repeated:
+        raise ValueError(f"{path} repeats qids {', '.join(repeated[:10])}: a TREC run holds one ranking per qid")
+    for request in requests:
+        if request.candidates:
+            check_candidates([str(c.docid) for c in request.candidates], one_prompt=False)
+    empty = [str(r.query.qid) for r in requests if not r.candidates]
+    if empty:
+        log.warning("%d requests have no candidates and get no lines in the run: %s", len(empty), ", ".join(empty[:10]))
+    return requests
+
+
 def _check_request_shape(place: str, record) -> None:
     """What dacite's messages would leave the user searching for: a record, candidate or doc of the
     wrong kind, or a doc without a text field, named by qid and docid."""
@@ -141,34 +163,28 @@ def request_records(
 class BatchConfig:
     """How many requests share a session (one prefill, one forward per round)."""
 
-    batch_size: int = 1
+    batch_size: int = bounded(1, 1)
     """Requests decoded together: their prompts are prefilled one by one into one left-padded KV, then every round verifies all of them in one forward."""
-    max_batch_tokens: int | None = None
+    max_batch_tokens: int | None = bounded(None, 1)
     """Cap on batch size x longest prompt (padded tokens of a prefill), so that long prompts do not overflow memory; None: no cap."""
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            raise ValueError(f"--max-batch-tokens must be >= 1, got {self.max_batch_tokens}")
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
 class WindowConfig:
     """Which candidates of a request are reranked, and RankLLM's sliding windows over them."""
 
-    rerank_top: int | None = None
-    """Candidates reranked per query, from the top (None: all); those below keep their order under them."""
-    window_size: int = 20
+    rerank_top: int | None = bounded(None, 1)
+    """Candidates reranked per query, from the top (None: all, as RankLLM reranks a run file whole; ``pipeline`` takes 20 of its hits, the paper's K); those below keep their order under them."""
+    window_size: int = bounded(20, 1)
     """Candidates per LLM prompt; longer lists are ranked window by window (RankLLM's default)."""
-    stride: int = 10
+    stride: int = bounded(10, 1)
     """Step between windows, from the bottom of the list up (RankLLM's default)."""
 
     def __post_init__(self):
-        for name in ("rerank_top", "window_size", "stride"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        check_ranges(self)
         if self.stride > self.window_size:  # RankLLM's rule, checked here before any model is loaded
             raise ValueError(
                 f"--stride {self.stride} is larger than --window-size {self.window_size}; windows would skip "
@@ -196,15 +212,6 @@ def batches(lengths: Sequence[int], config: BatchConfig) -> list[list[int]]:
                 continue
         groups.append([i])
     return groups
-
-
-def batched_sessions(
-    target: Target, prompts: Sequence[Prompt], batching: BatchConfig
-) -> Iterator[tuple[list[int], TargetSession]]:
-    """One session per group of ``batches`` over ``prompts``, built as the caller reaches it, with the
-    indices of its prompts."""
-    for group in batches([len(p.token_ids) for p in prompts], batching):
-        yield group, TargetSession.from_prompts(target, [prompts[i] for i in group])
 
 
 def rank_scores(docids: Sequence[str]) -> Hits:

@@ -7,13 +7,30 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsd_rerank.baselines import MEDUSA_TREE, Heads, save_heads
+from rsd_rerank.companions import MEDUSA_TREE, Heads, save_heads
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import read_requests
 from rsd_rerank.targets import load_target, random_llama
 from rsd_rerank.training.baselines import FinetuneConfig, finetune
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def float32_on_the_cpu_and_fresh_prompts(tmp_path_factory):
+    """In-process ``--dtype auto`` means float32 on the CPU in every test, as it does on CPUs without bf16
+    units: the tests' exact comparisons and recorded rankings are fp32 ones, whatever CPU runs them
+    (``test_auto_dtype_follows_the_cpu`` checks the detection itself). In-process prompts are cached in
+    a folder of this session's, so no test reads a prompt an older checkout stored."""
+    import rsd_rerank.prompt_cache as prompt_cache
+    import rsd_rerank.targets as targets
+
+    plain = tmp_path_factory.mktemp("cpu") / "cpuinfo"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(targets, "CPUINFO", plain)
+        patch.setattr(prompt_cache, "ROOT", tmp_path_factory.mktemp("prompts"))
+        yield
 
 
 @pytest.fixture(scope="session")

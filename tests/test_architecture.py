@@ -2,6 +2,7 @@
 core that never imports the integrations' heavy dependencies."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,7 +82,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
-    assert "rsd_rerank.session" in graph["rsd_rerank.runs"]  # the graph sees real edges
+    assert "rsd_rerank.session" in graph["rsd_rerank.methods"]  # the graph sees real edges
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
 
 
@@ -143,7 +144,8 @@ def test_help_and_docstrings_name_the_methods_the_registry_has():
 
     from rsd_rerank.cli import build_parser, field_docs
     from rsd_rerank.integrations import rank_llm
-    from rsd_rerank.methods import BUDGETED, METHODS, DecodingConfig
+    from rsd_rerank.methods import DecodingConfig
+    from rsd_rerank.registry import BUDGETED, METHODS, REGISTRY
 
     budget_help = field_docs(DecodingConfig)["budget"]
     assert set(re.findall(r"[a-z]+(?:-[a-z]+)*", budget_help.split("(", 1)[1])) >= set(BUDGETED)
@@ -151,3 +153,60 @@ def test_help_and_docstrings_name_the_methods_the_registry_has():
     rerank = build_parser()._subparsers._group_actions[0].choices["rerank"]
     (method,) = [a for a in rerank._actions if a.dest == "method"]
     assert set(method.choices) == set(METHODS)
+    assert all(f"{name}: {m.help}" in method.help for name, m in REGISTRY.items())
+
+
+def test_every_method_list_is_read_from_the_one_registry():
+    """The README's methods table names the registry's methods, once each, in its order; the CLI's,
+    compare's, finetune's and fidelity.py's lists are derived from it."""
+    import re
+
+    from rsd_rerank.registry import BASELINES, COMPARE_METHODS, FINETUNES, REGISTRY, TRAINED_BASELINES
+    from rsd_rerank.training.baselines import FINETUNED
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Methods (`--method`)", 1)[1].split("\n\n", 2)[1]
+    named = [n for row in table.splitlines()[2:] for n in re.findall(r"`([a-z-]+)`", row.split("|")[1])]
+    assert named == list(REGISTRY)
+    assert list(COMPARE_METHODS)[2:] == list(REGISTRY)
+    assert FINETUNED == (*FINETUNES, "reranker") and set(FINETUNES) <= set(TRAINED_BASELINES)
+    assert set(TRAINED_BASELINES) <= set(BASELINES) <= set(REGISTRY)
+
+
+def test_the_readme_module_table_names_every_module():
+    """Every module of the package is named in the README's module table: by its path, or in the row of
+    its folder by its file name; and every path the table names exists."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## What is here", 1)[1].split("\n\n", 2)[1]
+    rows = {row.split("|")[1]: row for row in table.splitlines()[2:]}
+    for module, path in _modules().items():
+        relative = path.relative_to(ROOT).as_posix()
+        if path.name == "__init__.py":
+            continue
+        folder = path.parent.relative_to(ROOT).as_posix() + "/"
+        named = any(f"`{relative}`" in key for key in rows) or any(
+            f"`{folder}`" in key and f"`{path.name}`" in row for key, row in rows.items()
+        )
+        assert named, f"{relative} ({module}) is not in the README's module table"
+    for named_path in re.findall(r"`((?:rsd_rerank|integrations|benchmarks|scripts|examples)/[^`]*)`", table):
+        assert (ROOT / named_path).exists(), f"the README's module table names {named_path}, which does not exist"
+
+
+def test_the_session_is_in_parts_a_newcomer_can_hold_and_one_of_them_calls_the_model():
+    """No session module over 400 lines, no class over 300; only ``session/forward.py`` calls the model
+    (``self.model(``, ``.generate(``) in the package's inference code."""
+    for path in (ROOT / "rsd_rerank" / "session").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        assert len(path.read_text().splitlines()) <= 400, path.name
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                assert node.end_lineno - node.lineno < 300, f"{path.name}: class {node.name}"
+    inference = [p for p in (ROOT / "rsd_rerank").rglob("*.py") if "training" not in p.parts]
+    calling = {
+        p.relative_to(ROOT).as_posix()
+        for p in inference
+        if re.search(r"\bmodel\(\s*(input_ids|\*\*|ids)|\bmodel\.generate\(", p.read_text())
+    }
+    assert calling == {"rsd_rerank/session/forward.py"}, calling

@@ -244,3 +244,31 @@ def test_cpu_bfloat16_produces_a_run(tmp_path, requests_json):
     assert main([*args, "--requests", str(requests), "--output", str(out)]) == 0
     lines = [line.split() for line in out.read_text().splitlines()]
     assert len(lines) == 40 and {line[5] for line in lines} == {"rsd-rerank.rsd5"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "chosen"),
+    [
+        ("fpu sse2 avx2 avx512f", torch.float32),
+        ("fpu avx512f avx512_bf16", torch.bfloat16),
+        ("fpu amx_bf16 amx_tile", torch.bfloat16),
+    ],
+)
+def test_auto_dtype_follows_the_cpu(tmp_path, monkeypatch, caplog, flags, chosen):
+    """``--dtype auto`` on the CPU: bfloat16 where /proc/cpuinfo names bf16 matrix instructions (AMX or
+    AVX-512 BF16), float32 elsewhere or where cpuinfo cannot be read; the choice is logged with its reason."""
+    import logging
+
+    import rsd_rerank.targets as targets
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n")
+    monkeypatch.setattr(targets, "CPUINFO", cpuinfo)
+    with caplog.at_level(logging.INFO, logger="rsd_rerank.targets"):
+        target = targets.load_target("random-llama", device="cpu", dtype="auto")
+    assert target.model.dtype == chosen
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--dtype auto")]
+    assert str(chosen).removeprefix("torch.") in line and ("none of" in line) == (chosen == torch.float32)
+    assert targets.load_target("random-llama", device="cpu", dtype="float32").model.dtype == torch.float32
+    monkeypatch.setattr(targets, "CPUINFO", tmp_path / "missing")
+    assert targets.auto_dtype(torch.device("cpu"))[0] == "float32"

@@ -107,7 +107,9 @@ def test_compare_table(tiny_llama, requests_json, tmp_path):
     by = {label: r for label, r in zip(labels, rows, strict=True)}
     assert by[("greedy", None)]["KT"] == 1.0 and by[("gsd", 8)]["KT"] == 1.0  # T >= K reaches the target
     assert by[("generate", None)]["parse_failures"] == 2  # a random model writes no ranking; RankLLM repairs it
-    table = write_comparison(tmp_path / "cmp", {"target": tiny_llama.name, "queries": 2}, rows, records)
+    table = write_comparison(
+        tmp_path / "cmp", {"target": tiny_llama.name, "dtype": "float32", "queries": 2}, rows, records
+    )
     assert "| gsd@8 |" in table
     assert all((tmp_path / f"cmp.{ext}").stat().st_size > 0 for ext in ("json", "md", "png"))
     with pytest.raises(ValueError, match="unknown method"):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rsd_rerank.config import bounded, check_ranges
 from rsd_rerank.proposers import Round, consensus_scores, rejected_row
 
 __all__ = ["K_TIED", "NETWORKS", "Agent", "AgentConfig", "item_features"]
@@ -40,14 +41,15 @@ class AgentConfig:
     """Items per list: required by ``paper`` and ``mlp``, None (any K) for ``equivariant``."""
     temperature: float = 1.0
     """Plackett–Luce logits are ``scores / temperature``."""
-    hidden: int = 64
+    hidden: int = bounded(64, 1)
     """Width of the equivariant network's item tokens and of the MLP's hidden layer."""
-    layers: int = 2
+    layers: int = bounded(2, 1)
     """Self-attention layers of the equivariant network (the paper's network has one)."""
-    heads: int = 4
+    heads: int = bounded(4, 1)
     """Attention heads of the equivariant network (the paper's network uses 5)."""
 
     def __post_init__(self):
+        check_ranges(self)
         if self.network not in NETWORKS:
             raise ValueError(f"unknown agent network {self.network!r}; choose from {', '.join(NETWORKS)}")
         if self.network in K_TIED and (self.k is None or self.k < 2):

@@ -23,9 +23,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rsd_rerank.baselines import HEADS, MEDUSA_HEADS, Heads, save_heads
+from rsd_rerank.companions import MEDUSA_HEADS, Heads, save_heads
+from rsd_rerank.config import bounded, check_ranges
 from rsd_rerank.files import atomic_write, replace_folder, replacing
 from rsd_rerank.prompt import PromptConfig, request_prompts, shown_passages
+from rsd_rerank.registry import FINETUNES, HEADS
 from rsd_rerank.runs import BatchConfig, batches
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, cache_dir, weights_fingerprint
@@ -35,7 +37,7 @@ __all__ = ["FINETUNED", "FinetuneConfig", "finetune"]
 
 log = logging.getLogger(__name__)
 
-FINETUNED = ("blockwise", "medusa", "first-ft", "rankzephyr-ft", "reranker")
+FINETUNED = (*FINETUNES, "reranker")
 """What ``finetune`` makes: heads for ``blockwise`` / ``medusa``, LoRA rankers for ``first-ft`` / ``rankzephyr-ft``
 (on the target's own greedy rankings), and ``reranker``: a LoRA that makes the target a content-driven listwise
 reranker (shuffled candidates, wordllama similarity as the teacher; ``training.reranker``)."""
@@ -47,28 +49,29 @@ class FinetuneConfig:
 
     method: str = "medusa"
     """One of ``FINETUNED`` (the command makes you name it)."""
-    epochs: int = 2
+    epochs: int = bounded(2, 1)
     """Passes over the training queries."""
     lr: float = 1e-3
     """Adam's learning rate (heads and LoRA alike)."""
-    head_rows: int = 64
+    head_rows: int = bounded(64, 1)
     """Heads: (query, slot) rows per Adam step (LoRA: every query is its own step, one long prompt each)."""
-    lora_rank: int = 8
+    lora_rank: int = bounded(8, 1)
     """LoRA rank r on every linear layer of the target (alpha = 2r)."""
     rank_weight: float = 1.0
     """``first-ft``: weight of the learning-to-rank loss on the first identifier's logits beside SFT."""
-    save_every: int = 25
+    save_every: int = bounded(25, 1)
     """LoRA: steps between resumable checkpoints."""
-    lora_layers: int = 0
+    lora_layers: int = bounded(0, 0)
     """LoRA only on the top N decoder layers (0: every layer); backpropagation then stops below them."""
     bf16_autocast: bool = False
     """LoRA: forward and backward under bfloat16 autocast (2-3x faster on CPUs with AMX; the adapter stays fp32)."""
-    snapshot_every: int = 0
+    snapshot_every: int = bounded(0, 0)
     """LoRA: also keep the adapter every N steps in ``<out>/snapshots/step-N`` (to choose one on validation claims; 0: none)."""
     seed: int = 0
     """Fixes the shuffling (and so the whole run)."""
 
     def __post_init__(self):
+        check_ranges(self)
         if self.method not in FINETUNED:
             raise ValueError(f"finetune makes {', '.join(FINETUNED)}, not {self.method!r}")
 

@@ -19,13 +19,14 @@ import torch
 from tqdm import tqdm
 
 from rsd_rerank.agent import Agent, AgentConfig, AgentProposer, save_agent
+from rsd_rerank.config import bounded, check_ranges
 from rsd_rerank.decoding import decode_many
 from rsd_rerank.files import replacing
 from rsd_rerank.metrics import similarity
 from rsd_rerank.prompt import PromptConfig, request_prompts
 from rsd_rerank.proposers import Round
-from rsd_rerank.runs import BatchConfig, batched_sessions
-from rsd_rerank.session import TargetSession
+from rsd_rerank.runs import BatchConfig
+from rsd_rerank.session import TargetSession, batched_sessions
 from rsd_rerank.targets import Target, tokenizer_fingerprint
 from rsd_rerank.training.cache import CachedQuery, cached_queries
 from rsd_rerank.training.rpo import ADVANTAGES, rpo_loss, supervised_loss
@@ -45,29 +46,29 @@ class TrainConfig:
     """The agent's network and policy."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
     """How training requests become prompts (as at ranking time)."""
-    budget: int = 5
+    budget: int = bounded(5, 1)
     """T: passes per trajectory (RPO) and of the cached consensus trajectory (Stage I states)."""
-    group: int = 8
+    group: int = bounded(8, 1)
     """G: sampled trajectories per query in RPO (plus one greedy reference)."""
-    stage1_epochs: int = 20
+    stage1_epochs: int = bounded(20, 0)
     """Stage I (supervised) epochs over every cached consensus state."""
     stage1_lr: float = 1e-3
     """Adam learning rate of Stage I."""
-    rpo_epochs: int = 1
+    rpo_epochs: int = bounded(1, 0)
     """RPO epochs; 0 stops after Stage I (the paper's "w/o RPO")."""
     rpo_lr: float = 1e-4
     """Adam learning rate of RPO."""
-    rpo_queries: int | None = None
+    rpo_queries: int | None = bounded(None, 1)
     """RL queries per epoch (the first of each epoch's shuffled order); None = all training queries."""
-    batch: int = 16
+    batch: int = bounded(16, 1)
     """Queries per Adam step."""
     beta: float = 0.1
     """KL weight to the frozen reference policy (refreshed at the start of every RPO epoch)."""
     advantage: str = "reference"
     """``reference`` (R_i − R_greedy) or ``group`` (R_i − mean of the others; the paper's "w/o RA")."""
-    val_queries: int = 64
+    val_queries: int = bounded(64, 0)
     """Training queries held out for validation (never trained on)."""
-    save_every: int = 64
+    save_every: int = bounded(64, 1)
     """RPO queries between checkpoints."""
     seed: int = 0
     """Fixes the split, each epoch's query order and every sampled trajectory."""
@@ -75,11 +76,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.advantage not in ADVANTAGES:
             raise ValueError(f"unknown advantage {self.advantage!r}; choose from {', '.join(ADVANTAGES)}")
-        for name in ("budget", "group", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if min(self.stage1_epochs, self.rpo_epochs, self.val_queries) < 0:
-            raise ValueError("epochs and val_queries must be >= 0")
+        check_ranges(self)
 
 
 def _states(queries: list[CachedQuery]) -> list[tuple[Round, torch.Tensor]]:

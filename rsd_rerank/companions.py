@@ -10,21 +10,20 @@ makes it.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import os
 import re
+import weakref
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from rsd_rerank.registry import HEADS, RANKER_OF
 from rsd_rerank.targets import Target, cache_dir, weights_fingerprint
 
 __all__ = [
-    "HEADS",
     "MEDUSA_TREE",
-    "RANKERS",
     "Heads",
     "companion_dir",
     "heads_widths",
@@ -33,10 +32,6 @@ __all__ = [
     "save_heads",
 ]
 
-HEADS = ("blockwise", "medusa")
-"""Methods that draft with prediction heads on the target's last hidden state."""
-RANKERS = {"first-ft": "first-ft", "rankzephyr-ft": "rankzephyr-ft", "first-sd": "first-ft"}
-"""Methods that use a fine-tuned ranker, and which fine-tune (``first-sd`` drafts with FIRST's)."""
 MEDUSA_TREE = (3, 3, 3)
 """Medusa's tree under the bonus item: the paper's [1, 3, 3, 3] (1 + 3 + 9 + 27 nodes a pass)."""
 MEDUSA_HEADS = len(MEDUSA_TREE)
@@ -76,18 +71,18 @@ class Heads(nn.Module):
 
 def companion_dir(target: Target, method: str) -> Path:
     """The default directory of a method's heads or fine-tuned ranker for ``target``."""
-    kind = RANKERS.get(method, method)
+    kind = RANKER_OF.get(method, method)
     return cache_dir() / "baselines" / re.sub(r"[^A-Za-z0-9_.-]+", "-", target.name).strip("-") / kind
 
 
 def _made_by(target: Target, method: str) -> str:
-    kind = RANKERS.get(method, method)
+    kind = RANKER_OF.get(method, method)
     return f"`rsd-rerank finetune --method {kind} --model {target.name.split('(')[0]}`"
 
 
 def _meta(directory: Path, target: Target, method: str, name: str) -> dict:
     """The companion's metadata, checked: it exists, is of ``method``'s kind and was made on ``target``."""
-    kind = RANKERS.get(method, method)
+    kind = RANKER_OF.get(method, method)
     path = directory / name
     if not path.is_file():
         raise ValueError(
@@ -111,6 +106,25 @@ def _meta(directory: Path, target: Target, method: str, name: str) -> dict:
 def _stamp(path: Path) -> int:
     """The file's modification time: a companion made again in the same process is loaded again."""
     return path.stat().st_mtime_ns if path.exists() else 0
+
+
+_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per target model, its loaded companions by (loader, folder, modification time, method), at most
+``_PER_TARGET`` of them: a run loads a method's heads or ranker once, not once per batch. Keyed weakly
+on the model (a companion holds its own copy, never the target's), so the companions go when their
+target does."""
+_PER_TARGET = 4
+
+
+def _loaded(load, directory: Path, stamp: int, target: Target, method: str):
+    """``load(directory, stamp, target, method)``, or what it returned before for the same target and key."""
+    held = _LOADED.setdefault(target.model, {})
+    key = (load.__name__, directory, stamp, method)
+    if key not in held:
+        while len(held) >= _PER_TARGET:
+            held.pop(next(iter(held)))  # the oldest first
+        held[key] = load(directory, stamp, target, method)
+    return held[key]
 
 
 def save_heads(directory: str | os.PathLike, heads: Heads, target: Target, method: str, extra: dict) -> None:
@@ -141,10 +155,9 @@ def load_heads(path: str | os.PathLike | None, target: Target, method: str) -> H
         ValueError: no heads there, heads of the other method, or heads trained on another target.
     """
     directory = Path(path) if path is not None else companion_dir(target, method)
-    return _load_heads(directory.resolve(), _stamp(directory / "heads.json"), target, method)
+    return _loaded(_load_heads, directory.resolve(), _stamp(directory / "heads.json"), target, method)
 
 
-@functools.lru_cache(maxsize=8)
 def _load_heads(directory: Path, stamp: int, target: Target, method: str) -> Heads:
     from safetensors.torch import load_file
 
@@ -162,10 +175,9 @@ def load_ranker(path: str | os.PathLike | None, target: Target, method: str) -> 
         ValueError: no fine-tuned ranker there, another kind, or one made from another target.
     """
     directory = Path(path) if path is not None else companion_dir(target, method)
-    return _load_ranker(directory.resolve(), _stamp(directory / "ranker.json"), target, method)
+    return _loaded(_load_ranker, directory.resolve(), _stamp(directory / "ranker.json"), target, method)
 
 
-@functools.lru_cache(maxsize=4)
 def _load_ranker(directory: Path, stamp: int, target: Target, method: str) -> Target:
     from peft import PeftModel
 
