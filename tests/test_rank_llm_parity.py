@@ -153,12 +153,12 @@ def test_concurrent_async_callers_share_one_model_slot(reranker, requests_json, 
     import threading
     import time
 
-    from rsd_rerank.session import TargetSession
+    from rsd_rerank.session.forward import Forward
 
     requests = [_request(requests_json, 12, f"c{i}") for i in range(3)]
     sequential = [reranker.rerank_batch([copy.deepcopy(r)], rank_end=100)[0] for r in requests]
     inside, overlaps, guard = [0], [], threading.Lock()
-    forward = TargetSession._forward
+    forward = Forward.__call__
 
     def watched(self, *args, **kwargs):
         with guard:
@@ -171,7 +171,7 @@ def test_concurrent_async_callers_share_one_model_slot(reranker, requests_json, 
             with guard:
                 inside[0] -= 1
 
-    monkeypatch.setattr(TargetSession, "_forward", watched)
+    monkeypatch.setattr(Forward, "__call__", watched)
 
     async def together():
         return await asyncio.gather(*(reranker.rerank_async(copy.deepcopy(r), rank_end=100) for r in requests))

@@ -21,7 +21,22 @@ from rsd_rerank.training.cache import cached_queries
 
 INDEX = Path(__file__).resolve().parent.parent / "indexes" / "beir-scifact"
 TARGET = TargetConfig("random-llama", device="cpu", dtype="float32")
-GSD2 = ["--model", "random-llama", "--device", "cpu", "--method", "gsd", "--budget", "2", "--max-passage-words", "30"]
+GSD2 = [
+    "--model",
+    "random-llama",
+    "--device",
+    "cpu",
+    "--dtype",
+    "float32",
+    "--method",
+    "gsd",
+    "--budget",
+    "2",
+    "--max-passage-words",
+    "30",
+]
+# float32 spelt out: Ray workers are other processes, where --dtype auto would pick bf16 on a CPU with AMX
+# (the tests pin auto to float32 only in this process)
 
 
 @pytest.fixture(scope="module")
