@@ -4,6 +4,7 @@ import copy
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from scipy.stats import chisquare
 
 from rsd_rerank.agent import (
+    BUNDLED,
     Agent,
     AgentConfig,
     AgentProposer,
@@ -214,3 +216,73 @@ def test_checkpoint_loads_are_private_and_follow_agent_json(tmp_path, tiny_llama
     meta["config"]["temperature"] = 2.0
     (tmp_path / "a" / "agent.json").write_text(json.dumps(meta))
     assert load_agent(tmp_path / "a", target=tiny_llama).config.temperature == 2.0
+
+
+def _other_tokenizer_llama():
+    """A random Llama whose tokenizer is not SmolLM2's: a byte-level BPE trained here on the examples'
+    text, with a ChatML template (nothing downloaded)."""
+    import json as json_module
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from rsd_rerank.targets import Target
+
+    examples = Path(__file__).resolve().parent.parent / "examples" / "requests.jsonl"
+    texts = [json_module.dumps(json_module.loads(line)) for line in examples.read_text().splitlines()] + [
+        "[A] > [B] > [C] [12] > [3] You are RankLLM, an intelligent assistant that can rank passages."
+    ]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, initializer_range=0.1, eos_token_id=tokenizer.eos_token_id,
+        max_position_embeddings=8192,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Target(LlamaForCausalLM(config).eval(), tokenizer, "other-tokenizer-llama")
+
+
+@pytest.mark.parametrize("template", ["rank_zephyr_alpha_template.yaml", "rank_zephyr_template.yaml"])
+def test_rsd_serves_a_model_with_another_tokenizer_through_the_equivariant_agent(
+    query_docs, caplog, template, tmp_path
+):
+    """No bundled agent was trained on this model or its tokenizer: ``rsd`` runs with the bundled
+    equivariant agent (it reads no tokens) and says so, with letters and with numbers; K-tied agents keep
+    refusing another tokenizer."""
+    import logging
+
+    from rsd_rerank.agent.store import UNIVERSAL, _note_universal
+
+    _note_universal.cache_clear()  # the warning comes once per target and process
+    from rsd_rerank.methods import DecodingConfig, rank
+    from rsd_rerank.prompt import PromptConfig
+    from rsd_rerank.targets import tokenizer_fingerprint
+
+    target = _other_tokenizer_llama()
+    assert tokenizer_fingerprint(target.tokenizer) not in {
+        json.loads((BUNDLED / n / "agent.json").read_text())["tokenizer"] for n in ("random-llama", "smollm2")
+    }
+    query, docs = query_docs[0]
+    session = TargetSession(target, query, docs[:12], PromptConfig(template=template, max_passage_words=20))
+    with caplog.at_level(logging.WARNING):
+        decoded = rank(session, DecodingConfig("rsd", budget=session.k))
+    assert sorted(decoded.ranking) == list(range(12))
+    assert decoded.ranking == session.greedy_ranking()  # T >= K: the exact target, whatever the tokenizer
+    assert f"bundled equivariant agent {UNIVERSAL!r}" in caplog.text
+    assert resolve_agent(None, target, 12).config.network == "equivariant"
+    paper = Agent(AgentConfig("paper", k=10), {"tokenizer": "0123456789abcdef", "target": "x"})
+    save_agent(paper, tmp_path / "paper")
+    with pytest.raises(ValueError, match="identifier tokens differ"):
+        load_agent(tmp_path / "paper", target=target, k=10)

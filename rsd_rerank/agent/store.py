@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rsd_rerank.agent.networks import Agent, AgentConfig
+from rsd_rerank.agent.networks import K_TIED, Agent, AgentConfig
 from rsd_rerank.files import atomic_write, replacing
 from rsd_rerank.targets import tokenizer_fingerprint
 
@@ -49,7 +49,8 @@ def load_agent(directory: str | os.PathLike, target=None, k: int | None = None) 
             tokenizer differs from the one the agent was trained with (its identifiers would be
             other tokens).
 
-    A different target with the same tokenizer (the paper's "adaptation") loads with a warning.
+    A different target (the paper's "adaptation") loads with a warning: with the same tokenizer for any
+    network, with any tokenizer for an ``equivariant`` one (it reads no tokens).
     """
     path = Path(directory).resolve()
     # Size and mtime of both files key the cache: a checkpoint rewritten in the same process (training,
@@ -64,7 +65,9 @@ def load_agent(directory: str | os.PathLike, target=None, k: int | None = None) 
         )
     if target is not None:
         fingerprint = tokenizer_fingerprint(target.tokenizer)
-        if meta.get("tokenizer") != fingerprint:
+        # The K-tied networks read rows whose columns are identifiers in token order; the equivariant
+        # one reads each item's own log-probabilities and slots, never a token: any tokenizer serves.
+        if meta.get("tokenizer") != fingerprint and config.network in K_TIED:
             raise ValueError(
                 f"agent {path.name} was trained with tokenizer {meta.get('tokenizer')} ({meta.get('target')}), "
                 f"the target {target.name} has tokenizer {fingerprint}: its identifier tokens differ"
@@ -79,7 +82,7 @@ def load_agent(directory: str | os.PathLike, target=None, k: int | None = None) 
 @functools.cache
 def _warn_adaptation(agent: str, trained_on: str, target: str) -> None:
     # Once per (agent, target): the agent is loaded for every query.
-    log.warning("agent %s was trained on %s; using it for %s (same tokenizer: adaptation)", agent, trained_on, target)
+    log.warning("agent %s was trained on %s; using it for %s (adaptation)", agent, trained_on, target)
 
 
 @functools.lru_cache(maxsize=16)
@@ -105,11 +108,11 @@ BUNDLED = Path(__file__).resolve().parent.parent / "checkpoints"
 
 def resolve_agent(agent: str | os.PathLike | None, target, k: int) -> Agent:
     """The agent for ``rsd`` on ``target`` with K items: a checkpoint directory, a bundled agent's
-    name, or (None) the bundled agent trained on this target, else one trained with its tokenizer.
+    name, or (None) the bundled agent trained on this target, else one trained with its tokenizer, else
+    the bundled equivariant agent ``UNIVERSAL`` (with a warning that says so).
 
     Raises:
-        ValueError: no such checkpoint; or no bundled agent fits the target (train one with
-            ``rsd-rerank train`` and pass its directory).
+        ValueError: no such checkpoint, or a K-tied agent that does not fit the target's K or tokenizer.
     """
     if agent is None:
         agent = _default_bundled(target)
@@ -132,6 +135,13 @@ def _bundled_metadata() -> dict[str, dict]:
     }
 
 
+UNIVERSAL = "random-llama"
+"""The bundled equivariant agent that serves a target no bundled agent was trained on, nor its
+tokenizer. It is the random-llama agent until one trained across targets replaces it: on a random Llama
+it never saw it beats consensus (RSD@5 0.826 vs 0.751), but on ``smollm2-reranker`` it loses to every
+baseline (0.480 vs consensus 0.629): train an agent for a model you rely on."""
+
+
 def _default_bundled(target) -> str:
     metas = _bundled_metadata()
     for name, meta in metas.items():
@@ -141,7 +151,16 @@ def _default_bundled(target) -> str:
     for name, meta in metas.items():
         if meta.get("tokenizer") == fingerprint:
             return name
-    raise ValueError(
-        f"no bundled agent was trained on {target.name} or its tokenizer; train one with "
-        "`rsd-rerank train --model … --out DIR` and pass --agent DIR"
+    _note_universal(target.name)
+    return UNIVERSAL
+
+
+@functools.cache
+def _note_universal(target: str) -> None:
+    # Once per target: the agent is resolved for every query.
+    log.warning(
+        "no bundled agent was trained on %s or its tokenizer; rsd uses the bundled equivariant agent %r "
+        "(it reads no tokens; train one for this model with `rsd-rerank train` and pass --agent DIR)",
+        target,
+        UNIVERSAL,
     )
