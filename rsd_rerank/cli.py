@@ -16,7 +16,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from rsd_rerank.agent import K_TIED, NETWORKS, AgentConfig
+from rsd_rerank.agent import FEATURES, K_TIED, NETWORKS, AgentConfig
 from rsd_rerank.config import minimum_of
 from rsd_rerank.integrations.scale import ScaleConfig
 from rsd_rerank.methods import DecodingConfig
@@ -52,7 +52,7 @@ FINETUNE_FIELDS = (
     "snapshot_every",
     "seed",
 )
-AGENT_FIELDS = ("network", "temperature", "hidden", "layers", "heads")
+AGENT_FIELDS = ("network", "features", "temperature", "hidden", "layers", "heads")
 TRAIN_FIELDS = (
     "budget",
     "group",
@@ -68,7 +68,14 @@ TRAIN_FIELDS = (
     "save_every",
     "seed",
 )
-CHOICES = {"method": METHODS, "network": NETWORKS, "advantage": ADVANTAGES, "dtype": DTYPES, "device_map": ("auto",)}
+CHOICES = {
+    "method": METHODS,
+    "network": NETWORKS,
+    "features": tuple(FEATURES),
+    "advantage": ADVANTAGES,
+    "dtype": DTYPES,
+    "device_map": ("auto",),
+}
 GENERATED_HELP = {(DecodingConfig, "method"): "; ".join(f"{m.name}: {m.help}" for m in REGISTRY.values())}
 """Help read from a registry rather than a field's docstring (the methods' table is ``rsd_rerank.registry``)."""
 

@@ -22,6 +22,7 @@ __all__ = [
     "Round",
     "consensus_scores",
     "jacobi_scores",
+    "jacobi_slots",
     "rejected_row",
 ]
 
@@ -89,22 +90,31 @@ class ConsensusProposer:
         return consensus_scores(state)
 
 
-def jacobi_scores(state: Round) -> torch.Tensor:
-    """[B, K] one Jacobi (fixed-point) step of the latest pass: slot i after the bonus takes the greedy
-    item of row i (the target given the teacher-forced σ[:i]) among those not yet placed, slot by slot;
-    scores that sort the items into those slots."""
+def jacobi_slots(state: Round) -> torch.Tensor:
+    """[B, K] the slot each item takes in one Jacobi (fixed-point) step of the latest pass: the verified
+    prefix keeps its slots; from slot i* on (i* takes the bonus, as in Eq. 1), slot i takes the greedy
+    item of row i (the target given the teacher-forced σ[:i]) among those not yet placed, slot by slot."""
     sigma, latest, i_star = state.rankings[:, -1], state.matrices[:, -1], state.latest_accepted
     b, k = sigma.shape
-    scores = torch.zeros(b, k, device=sigma.device)
-    for r in range(b):
-        start = int(i_star[r])
-        placed = torch.zeros(k, dtype=torch.bool, device=sigma.device)
-        placed[sigma[r, :start]] = True
-        for slot in range(start, k):  # slot i* takes the bonus: row i*'s greedy item, as in Eq. 1
-            item = latest[r, min(slot, k - 1)].masked_fill(placed, float("-inf")).argmax()
-            placed[item] = True
-            scores[r, item] = k - slot
-    return scores
+    rows = torch.arange(b, device=sigma.device)
+    slots = torch.argsort(sigma, dim=1)  # [B, K] each item's slot in σ
+    placed = slots < i_star[:, None]
+    for slot in range(k):
+        filling = slot >= i_star  # [B] trajectories whose slot ``slot`` is after the verified prefix
+        if not bool(filling.any()):
+            continue
+        item = latest[:, slot].masked_fill(placed, float("-inf")).argmax(dim=-1)  # [B]
+        slots[rows[filling], item[filling]] = slot
+        placed[rows[filling], item[filling]] = True
+    return slots
+
+
+def jacobi_scores(state: Round) -> torch.Tensor:
+    """[B, K] scores that sort the items into their ``jacobi_slots`` after the verified prefix (PDM's
+    proposal; the verified items score 0, the loop keeps them where they are)."""
+    slots = jacobi_slots(state)
+    k = slots.shape[1]
+    return torch.where(slots >= state.latest_accepted[:, None], k - slots, 0).float()
 
 
 class JacobiProposer:

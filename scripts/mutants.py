@@ -117,6 +117,16 @@ MUTANTS += (
 )
 
 
+MUTANTS += (
+    Mutant(
+        "jacobi-slot-off-by-one",
+        "rsd_rerank/proposers.py",
+        '        item = latest[:, slot].masked_fill(placed, float("-inf")).argmax(dim=-1)  # [B]\n',
+        '        item = latest[:, min(slot + 1, k - 1)].masked_fill(placed, float("-inf")).argmax(dim=-1)\n',
+        ("tests/test_decoding.py::test_jacobi_slots_place_each_item_from_its_own_row_in_place",),
+    ),
+)
+
 BRUTE_FORCE = "tests/test_numeric.py::test_verification_rows_equal_the_brute_force_item_probabilities"
 MUTANTS += (
     Mutant(

@@ -13,6 +13,7 @@ from scipy.stats import chisquare
 
 from rsd_rerank.agent import (
     BUNDLED,
+    FEATURES,
     Agent,
     AgentConfig,
     AgentProposer,
@@ -78,10 +79,10 @@ def _state(b=3, t=2, k=6, seed=0):
     return Round(rankings, matrices, accepted)
 
 
-def _random_agent(seed: int) -> Agent:
+def _random_agent(seed: int, features: str = "rows") -> Agent:
     """An equivariant agent with random weights everywhere: away from its consensus start."""
     torch.manual_seed(seed)
-    agent = Agent(AgentConfig("equivariant"))
+    agent = Agent(AgentConfig("equivariant", features=features))
     for p in agent.parameters():
         p.data.normal_(0, 0.3)
     return agent
@@ -94,15 +95,16 @@ def test_networks_score_every_item(network):
     assert agent(state).shape == (3, 10)
 
 
-def test_equivariant_network_follows_a_relabelling_of_items_and_serves_any_k():
-    agent = _random_agent(0)
+@pytest.mark.parametrize("features", ["rows", "jacobi"])
+def test_equivariant_network_follows_a_relabelling_of_items_and_serves_any_k(features):
+    agent = _random_agent(0, features)
     state = _state(k=7)
     perm = torch.randperm(7)  # new index of old item i is inv[i]
     inv = torch.argsort(perm)
     relabelled = Round(inv[state.rankings], state.matrices[..., perm], state.accepted)
     assert torch.allclose(agent(relabelled), agent(state)[:, perm], atol=1e-5)
     assert agent(_state(k=12)).shape == (3, 12)
-    assert item_features(state).shape[:2] == (3, 7)
+    assert item_features(state, features).shape == (3, 7, FEATURES[features])
 
 
 def test_untrained_equivariant_agent_is_the_consensus_proposer(tiny_llama, query_docs):

@@ -173,3 +173,41 @@ def test_a_later_round_feeds_only_the_tail_after_its_verified_prefix(tiny_llama,
     assert 0 < i_star < s.k - 1  # the round is informative
     assert s.fed_tokens[0] == (s.k - 1) * s._step
     assert s.fed_tokens[1] <= (s.k - 1 - i_star) * s._step
+
+
+def _jacobi_reference(sigma: list[int], rows: torch.Tensor, i_star: int) -> list[int]:
+    """Each item's slot in one Jacobi step, row by row: the verified prefix stays; slot i from i* on takes
+    row i's best item among those not placed yet."""
+    k = len(sigma)
+    slots = [0] * k
+    for slot, item in enumerate(sigma[:i_star]):
+        slots[item] = slot
+    placed = set(sigma[:i_star])
+    for slot in range(i_star, k):
+        item = max((i for i in range(k) if i not in placed), key=lambda i: (float(rows[slot, i]), -i))
+        slots[item] = slot
+        placed.add(item)
+    return slots
+
+
+def test_jacobi_slots_place_each_item_from_its_own_row_in_place():
+    """PDM's step and the agent's Jacobi features: every slot after the verified prefix from its own row
+    of the latest pass, in order, among the items not yet placed (against a row-by-row reference)."""
+    from rsd_rerank.proposers import jacobi_scores, jacobi_slots
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        b, t, k = 4, 2, int(torch.randint(2, 12, (1,), generator=g))
+        rankings = torch.stack([torch.stack([torch.randperm(k, generator=g) for _ in range(t)]) for _ in range(b)])
+        matrices = torch.log_softmax(torch.randn(b, t, k, k, generator=g), dim=-1)
+        accepted = torch.randint(0, k + 1, (b, t), generator=g)
+        state = Round(rankings, matrices, accepted)
+        slots = jacobi_slots(state)
+        for r in range(b):
+            reference = _jacobi_reference(rankings[r, -1].tolist(), matrices[r, -1], int(accepted[r, -1]))
+            assert slots[r].tolist() == reference
+        # PDM's scores sort the unverified items into those slots
+        scores, i_star = jacobi_scores(state), accepted[:, -1]
+        for r in range(b):
+            tail = [i for i in range(k) if slots[r, i] >= i_star[r]]
+            assert sorted(tail, key=lambda i: -float(scores[r, i])) == sorted(tail, key=lambda i: int(slots[r, i]))

@@ -18,11 +18,15 @@ import torch
 from torch import nn
 
 from rsd_rerank.config import bounded, check_ranges
-from rsd_rerank.proposers import Round, consensus_scores, rejected_row
+from rsd_rerank.proposers import Round, consensus_scores, jacobi_slots, rejected_row
 
-__all__ = ["K_TIED", "NETWORKS", "Agent", "AgentConfig", "item_features"]
+__all__ = ["FEATURES", "K_TIED", "NETWORKS", "Agent", "AgentConfig", "item_features"]
 
 NETWORKS = ("paper", "equivariant", "mlp")
+FEATURES = {"rows": 14, "jacobi": 16}
+"""The equivariant network's item features, and how many: ``rows`` (summaries of the rows, the slots
+and the consensus score), ``jacobi`` (also each item's slot in one Jacobi step of the latest pass and
+its log-probability there: what PDM reads)."""
 K_TIED = ("paper", "mlp")
 """Networks whose inputs or outputs have one slot per identifier: they serve a single list length K."""
 
@@ -47,11 +51,15 @@ class AgentConfig:
     """Self-attention layers of the equivariant network (the paper's network has one)."""
     heads: int = bounded(4, 1)
     """Attention heads of the equivariant network (the paper's network uses 5)."""
+    features: str = "rows"
+    """The equivariant network's item features: rows (summaries of every row seen) or jacobi (also each item's slot and log-probability in one Jacobi step of the latest pass, what PDM reads)."""
 
     def __post_init__(self):
         check_ranges(self)
         if self.network not in NETWORKS:
             raise ValueError(f"unknown agent network {self.network!r}; choose from {', '.join(NETWORKS)}")
+        if self.features not in FEATURES:
+            raise ValueError(f"unknown agent features {self.features!r}; choose from {', '.join(FEATURES)}")
         if self.network in K_TIED and (self.k is None or self.k < 2):
             raise ValueError(f"the {self.network!r} network is tied to one list length: give k >= 2")
         if self.network == "paper" and self.k % 5:
@@ -63,13 +71,16 @@ class AgentConfig:
 # -- relevance networks ------------------------------------------------------------------------
 
 
-def item_features(state: Round) -> torch.Tensor:
-    """[B, K, F] per-item features, independent of K and of identifier order.
+def item_features(state: Round, features: str = "rows") -> torch.Tensor:
+    """[B, K, F] per-item features, independent of K and of identifier order (F = ``FEATURES[features]``).
 
     Per round: the item's mean and max log-probability over all slots, its log-probability at its
     own slot and at the rejected slot, its relative slot and whether it was verified; the latest
     round and the mean over rounds are both given. Plus its first-slot log-probability and the
-    consensus score (which the network can therefore reproduce from the start).
+    consensus score (which the network can therefore reproduce from the start). ``jacobi`` adds the
+    item's relative slot in one Jacobi step of the latest pass and its log-probability there (the
+    row of that slot given the pass's teacher-forced prefix): with them a network can place every
+    item as PDM would, each from its own row in place.
     """
     b, t, k, _ = state.matrices.shape
     m = state.matrices.clamp(min=_FLOOR)  # [B, t, slot, item]
@@ -85,10 +96,12 @@ def item_features(state: Round) -> torch.Tensor:
     per_round = per_round / scale
     first = m[:, 0, 0, :, None] / 10.0
     consensus = consensus_scores(state)[..., None] / 10.0
-    return torch.cat([per_round[:, -1], per_round.mean(dim=1), first, consensus], dim=-1)
-
-
-N_FEATURES = 14
+    out = [per_round[:, -1], per_round.mean(dim=1), first, consensus]
+    if features == "jacobi":
+        slots = jacobi_slots(state)  # [B, K]
+        there = m[:, -1].gather(1, slots[:, None, :]).squeeze(1)  # [B, K] latest[b, slot of item i, i]
+        out.append(torch.stack([slots.float() / (k - 1), there / 10.0], dim=-1))
+    return torch.cat(out, dim=-1)
 
 
 class EquivariantNet(nn.Module):
@@ -97,7 +110,8 @@ class EquivariantNet(nn.Module):
     def __init__(self, config: AgentConfig):
         super().__init__()
         d = config.hidden
-        self.embed = nn.Sequential(nn.Linear(N_FEATURES, d), nn.GELU(), nn.Linear(d, d))
+        self.features = config.features
+        self.embed = nn.Sequential(nn.Linear(FEATURES[config.features], d), nn.GELU(), nn.Linear(d, d))
         layer = nn.TransformerEncoderLayer(d, config.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
         self.mix = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.out = nn.Linear(d, 1)
@@ -107,7 +121,7 @@ class EquivariantNet(nn.Module):
         self.consensus_weight = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, state: Round) -> torch.Tensor:
-        x = item_features(state)
+        x = item_features(state, self.features)
         return self.out(self.mix(self.embed(x))).squeeze(-1) + self.consensus_weight * consensus_scores(state)
 
 
