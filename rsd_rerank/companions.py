@@ -113,13 +113,16 @@ _LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 ``_PER_TARGET`` of them: a run loads a method's heads or ranker once, not once per batch. Keyed weakly
 on the model (a companion holds its own copy, never the target's), so the companions go when their
 target does."""
-_PER_TARGET = 4
+_PER_TARGET = 8
+"""Enough for every companion of the paper's table at once (2 heads, 2 rankers): a smaller bound would
+evict and reload one each claim when a benchmark cycles through them."""
 
 
 def _loaded(load, directory: Path, stamp: int, target: Target, method: str):
-    """``load(directory, stamp, target, method)``, or what it returned before for the same target and key."""
+    """``load(directory, stamp, target, method)``, or what it returned before for the same target and key
+    (the kind, not the method: ``first-sd`` shares ``first-ft``'s ranker)."""
     held = _LOADED.setdefault(target.model, {})
-    key = (load.__name__, directory, stamp, method)
+    key = (load.__name__, directory, stamp, RANKER_OF.get(method, method))
     if key not in held:
         while len(held) >= _PER_TARGET:
             held.pop(next(iter(held)))  # the oldest first

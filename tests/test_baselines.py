@@ -205,3 +205,34 @@ def test_a_ranker_reads_its_teacher_from_the_heads_teacher(tiny_llama, train_req
     made = sorted((tmp_path / "cache" / "teacher").iterdir())
     finetune(tiny_llama, requests, FinetuneConfig("rankzephyr-ft", epochs=1), tmp_path / "rz", prompt)
     assert sorted((tmp_path / "cache" / "teacher").iterdir()) == made  # no second greedy decoding
+
+
+def test_companions_load_once_per_target_and_go_with_it(tiny_llama, companions):
+    """A benchmark cycling through every companion of the table loads each once (first-sd shares
+    first-ft's ranker), and a target's companions are freed with the target (nothing keeps it alive)."""
+    import gc
+    import weakref
+
+    from rsd_rerank.companions import _LOADED, load_heads, load_ranker
+    from rsd_rerank.targets import Target
+
+    def cycle():
+        return [
+            load_heads(companions["blockwise"], tiny_llama, "blockwise"),
+            load_heads(companions["medusa"], tiny_llama, "medusa"),
+            load_ranker(companions["first-ft"], tiny_llama, "first-ft"),
+            load_ranker(companions["rankzephyr-ft"], tiny_llama, "rankzephyr-ft"),
+            load_ranker(companions["first-sd"], tiny_llama, "first-sd"),
+        ]
+
+    first, second = cycle(), cycle()
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    assert first[2] is first[4]
+    copy = Target(type(tiny_llama.model)(tiny_llama.model.config), tiny_llama.tokenizer, tiny_llama.name)
+    copy.model.load_state_dict(tiny_llama.model.state_dict())
+    load_heads(companions["medusa"], copy, "medusa")
+    model = weakref.ref(copy.model)
+    assert copy.model in _LOADED
+    del copy
+    gc.collect()
+    assert model() is None  # the cache held the target's model weakly
