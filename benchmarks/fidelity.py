@@ -129,7 +129,13 @@ def summarise(args, target_name: str, records: list[dict], agents: list[str]) ->
         method, _, baseline = pair.partition(":")
         diff = per_claim[(method, PAIRED_BUDGET)] - per_claim[(baseline, PAIRED_BUDGET)]
         paired.append(
-            {"method": method, "baseline": baseline, "T": PAIRED_BUDGET, "KT_diff": list(bootstrap_mean(diff, rng))}
+            {
+                "method": method,
+                "baseline": baseline,
+                "T": PAIRED_BUDGET,
+                "baseline_T": PAIRED_BUDGET,
+                "KT_diff": list(bootstrap_mean(diff, rng)),
+            }
         )
     return {
         "target": target_name,
