@@ -9,7 +9,7 @@ train() {  # OUT, then `rsd-rerank train` options; skipped when OUT holds a fini
     local out=$1; shift
     if [ -f "$out/agent.json" ] && grep -q '"stage": "rpo"' "$out/agent.json"; then return; fi
     local resume=(); [ -f "$out/train_state.pt" ] && resume=(--resume)
-    rsd-rerank train --requests "$TRAIN" --out "$out" "${resume[@]}" "$@"
+    rsd-rerank train --dtype float32 --requests "$TRAIN" --out "$out" "${resume[@]}" "$@"  # fp32: how they were made
 }
 
 # The hard, paper-like target (shared/targets.md): every network, both advantages.
@@ -21,7 +21,7 @@ train $AGENTS/random-llama-mlp "${RL[@]}" --network mlp
 train $AGENTS/random-llama-paper-group "${RL[@]}" --network paper --advantage group
 train $AGENTS/random-llama-mlp-group "${RL[@]}" --network mlp --advantage group
 
-python benchmarks/fidelity.py --target random-llama --queries 100 --requests "$TEST" \
+python benchmarks/fidelity.py --dtype float32 --target random-llama --queries 100 --requests "$TEST" \
     --agent rsd-equivariant=$AGENTS/random-llama-equivariant \
     --agent rsd-equivariant-stage1=$AGENTS/random-llama-equivariant/stage1 \
     --agent rsd-equivariant-group=$AGENTS/random-llama-equivariant-group \
@@ -40,7 +40,7 @@ python benchmarks/fidelity.py --target random-llama --queries 100 --requests "$T
 head -n 120 "$TRAIN" > data/scifact/train120.top20.jsonl
 train $AGENTS/smollm2-equivariant --model smollm2 --requests data/scifact/train120.top20.jsonl \
     --max-passage-words 40 --stage1-epochs 8 --rpo-queries 32 --val-queries 24 --network equivariant
-python benchmarks/fidelity.py --target smollm2 --queries 100 --requests "$TEST" --max-passage-words 40 \
+python benchmarks/fidelity.py --dtype float32 --target smollm2 --queries 100 --requests "$TEST" --max-passage-words 40 \
     --agent rsd-equivariant=$AGENTS/smollm2-equivariant \
     --agent rsd-equivariant-stage1=$AGENTS/smollm2-equivariant/stage1 \
     --pair rsd-equivariant:rsd-equivariant-stage1 \

@@ -10,7 +10,7 @@ head -n 120 "$TRAIN" > data/scifact/train120.top20.jsonl
 finetune() {  # TARGET-FOLDER METHOD, then `rsd-rerank finetune` options; skipped when finished
     local folder=$1 method=$2; shift 2
     [ -f "$CACHE/$folder/$method/heads.json" ] || [ -f "$CACHE/$folder/$method/ranker.json" ] && return 0
-    rsd-rerank finetune --method "$method" --batch-size 8 --resume "$@"
+    rsd-rerank finetune --dtype float32 --method "$method" --batch-size 8 --resume "$@"  # fp32: how they were made
 }
 
 # The hard target: heads on all 809 training claims, LoRA rankers on the first 400 (one epoch).
@@ -27,9 +27,9 @@ finetune smollm2 medusa "${SMOL[@]}"
 finetune smollm2 blockwise "${SMOL[@]}"
 
 B=sdm,blockwise,medusa,pdm,first-ft,rankzephyr-ft,first-sd
-python benchmarks/fidelity.py --target random-llama --queries 100 --requests "$TEST" --agent rsd=random-llama \
+python benchmarks/fidelity.py --dtype float32 --target random-llama --queries 100 --requests "$TEST" --agent rsd=random-llama \
     --baselines $B --out benchmarks/results/baselines-random-llama
-python benchmarks/fidelity.py --target smollm2 --queries 50 --requests "$TEST" --max-passage-words 40 \
+python benchmarks/fidelity.py --dtype float32 --target smollm2 --queries 50 --requests "$TEST" --max-passage-words 40 \
     --agent rsd=smollm2 --baselines sdm,blockwise,medusa,pdm --out benchmarks/results/baselines-smollm2
 python benchmarks/table1.py benchmarks/results/baselines-random-llama.json benchmarks/results/baselines-smollm2.json \
     --out benchmarks/results/table1
