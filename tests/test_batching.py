@@ -118,15 +118,17 @@ def _scifact_requests(k: int, n: int = 50):
 
 
 @pytest.mark.parametrize(
-    ("target", "k", "words"),
-    [("random_llama", 20, 30), ("smollm2", 6, 10)],  # SmolLM2: short lists and passages, for CPU time
+    ("target", "k", "words", "n"),
+    # SmolLM2: short lists and passages, and 16 requests (two full batches of 8) for CPU time: the
+    # paths are the random Llama's, which runs all 50
+    [("random_llama", 20, 30, 50), ("smollm2", 6, 10, 16)],
 )
-def test_fifty_scifact_requests_batched_equal_one_at_a_time(request, target, k, words):
+def test_scifact_requests_batched_equal_one_at_a_time(request, target, k, words, n):
     from rsd_rerank.targets import random_llama
 
     model = random_llama() if target == "random_llama" else request.getfixturevalue("smollm2")
-    requests = _scifact_requests(k)
-    assert len(requests) == 50
+    requests = _scifact_requests(k, n)
+    assert len(requests) == n
     config = PromptConfig(max_passage_words=words)
     prompts = [build_prompt(model.tokenizer, r.query.text, [c.doc for c in r.candidates], config) for r in requests]
     rankings = {}
