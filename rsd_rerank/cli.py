@@ -439,8 +439,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
             records, name = compare(engine, requests, judged, *settings), engine.name
             dtype = str(engine.model.dtype).removeprefix("torch.")
         else:  # Ray actors: the same chunks, records in request order (each worker logs its dtype)
-            records, name = engine.compare(requests, *settings), config_from(TargetConfig, args, TARGET_FIELDS).model
-            dtype = config_from(TargetConfig, args, TARGET_FIELDS).dtype
+            target = config_from(TargetConfig, args, TARGET_FIELDS)
+            records, name, dtype = engine.compare(requests, *settings), target.model, target.dtype
     rows = summarise(records, judged, _measures_of(args))
     meta = {
         "target": name,

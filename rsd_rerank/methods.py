@@ -73,14 +73,14 @@ def rank_many(
     """Rank the candidates of ``queries`` (default: all of the session's) with ``config.method`` under
     ``config.budget``, all queries in the same forwards."""
     queries = list(range(len(session.prompts))) if queries is None else queries
-    if REGISTRY[config.method].runs == "target":
+    runs = REGISTRY[config.method].runs
+    if runs == "target":
         start, before = session.clock(), list(session.query_passes)
         rankings = session.greedy_rankings(queries)
         return {
             q: Decoded(torch.tensor([rankings[q]], device=session.device), traced(session, start, before[q], q))
             for q in queries
         }
-    runs = REGISTRY[config.method].runs
     if runs == "heads":
         heads = load_heads(config.ranker, session.target, config.method)
         widths = heads_widths(config.method, heads)

@@ -355,12 +355,12 @@ def quiet_stdout():
         yield
 
 
-def _handler(template_name: str):
+def _handler(template: dict[str, str]):
+    """RankLLM's single-turn listwise handler of a template ``_load_template`` checked."""
     from rank_llm.rerank.listwise.singleturn_listwise_inference_handler import SingleTurnListwiseInferenceHandler
 
-    template, numeric = _load_template(template_name)
     with quiet_stdout():
-        return SingleTurnListwiseInferenceHandler(template), numeric
+        return SingleTurnListwiseInferenceHandler(template)
 
 
 TEXT_FIELDS = ("text", "segment", "contents", "content", "body", "passage")
@@ -391,7 +391,7 @@ def _content_words(handler, doc: Mapping[str, Any]) -> int:
 def shown_passages(request: Any, prompt: Prompt, config: PromptConfig = PromptConfig()) -> list[str]:
     """The passages of ``request`` as ``prompt`` (built from it with ``config``) shows them: RankLLM's
     text of each doc, cut to the prompt's words per passage."""
-    handler, _ = _handler(config.template)
+    handler = _handler(_load_template(config.template)[0])
     words = prompt.passage_words or config.max_passage_words
     return [handler._convert_doc_to_prompt_content(_as_doc(c.doc), words) for c in request.candidates]
 
@@ -451,7 +451,7 @@ def build_prompt(
     entry = prompt_cache.load(key)
     if entry is not None:
         return Prompt.from_json(entry)
-    prompt = _fitted_prompt(tokenizer, query, docs, config, max_tokens)
+    prompt = _fitted_prompt(tokenizer, query, docs, config, max_tokens, _handler(template), numeric)
     prompt_cache.store(key, prompt.to_json())
     return prompt
 
@@ -462,12 +462,14 @@ def _fitted_prompt(
     docs: list[Mapping[str, Any]],
     config: PromptConfig,
     max_tokens: int | None,
+    handler,
+    numeric: bool,
 ) -> Prompt:
-    """RankLLM's prompt, its passages shrunk until prompt and ranking fit the context (``build_prompt``)."""
+    """RankLLM's prompt through ``handler`` (the template's, read once by ``build_prompt``), its passages
+    shrunk until prompt and ranking fit the context."""
     from rank_llm.data import Candidate, Query, Result
 
     k = len(docs)
-    handler, numeric = _handler(config.template)
     layout = ranking_layout(tokenizer, k, numeric)
     limit = config.context_size if max_tokens is None else min(config.context_size, max_tokens)
     n_ranking = len(layout.tokens(range(k)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,7 @@ def read_run_requests(path: str | os.PathLike) -> list:
     from rsd_rerank.prompt import check_candidates
 
     requests = read_requests(path)
-    qids = [str(r.query.qid) for r in requests]
-    repeated = sorted({q for q in qids if qids.count(q) > 1})
+    repeated = sorted(q for q, n in Counter(str(r.query.qid) for r in requests).items() if n > 1)
     if repeated:
         raise ValueError(f"{path} repeats qids {', '.join(repeated[:10])}: a TREC run holds one ranking per qid")
     for request in requests:
