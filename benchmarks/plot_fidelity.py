@@ -29,7 +29,9 @@ def main(argv=None) -> int:
         by_method.setdefault(row["method"], []).append(row)
     std = by_method.pop("std", [None])[0]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])  # 20 distinct colours: every method its own
+    ax.set_prop_cycle(
+        color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2]
+    )  # 20 distinct colours: every method its own
     for method, rows in by_method.items():
         rows = sorted(rows, key=lambda r: r["T"])
         if len(rows) == 1:  # a budget-free method: one point at the passes it used
