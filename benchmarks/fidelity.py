@@ -81,6 +81,34 @@ def run_claims(args, target, requests, prompt: PromptConfig, proposers, done: di
             done[qid] = record
 
 
+def _paired_with(path: Path, records: list[dict], agents: list[str], per_claim: dict, rng) -> list[dict]:
+    """Each agent at T = 5 minus every method of another run's ``.claims.jsonl`` on the same claims (its
+    heads and fine-tunes need not run again); that run's target rankings must equal this run's."""
+    other = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        other[record["qid"]] = record
+    missing = [r["qid"] for r in records if r["qid"] not in other]
+    if missing:
+        raise ValueError(f"--paired-with {path}: no record of claims {', '.join(missing[:5])}")
+    theirs = [other[r["qid"]] for r in records]
+    differ = [r["qid"] for r, o in zip(records, theirs, strict=True) if r["target"] != o["target"]]
+    if differ:
+        raise ValueError(f"--paired-with {path}: another target ranking on claims {', '.join(differ[:5])}")
+    targets = np.array([r["target"] for r in records])
+    out = []
+    for method in theirs[0]["methods"]:
+        t = str(PAIRED_BUDGET) if str(PAIRED_BUDGET) in theirs[0]["methods"][method] else "0"
+        kt = kendall_tau(np.array([o["methods"][method][t]["ranking"] for o in theirs]), targets).astype(float)
+        for agent in agents:
+            mean, lo, hi = bootstrap_mean(per_claim[(agent, PAIRED_BUDGET)] - kt, rng)
+            out.append(
+                {"method": agent, "baseline": f"{method} ({path.name})", "T": PAIRED_BUDGET, "baseline_T": int(t),
+                 "KT_diff": [mean, lo, hi]}
+            )  # fmt: skip
+    return out
+
+
 def summarise(args, target_name: str, records: list[dict], agents: list[str]) -> dict:
     rng = np.random.default_rng(0)
     targets = np.array([r["target"] for r in records])
@@ -125,6 +153,8 @@ def summarise(args, target_name: str, records: list[dict], agents: list[str]) ->
             paired.append(
                 {"method": method, "baseline": baseline, "T": PAIRED_BUDGET, "baseline_T": t, "KT_diff": [mean, lo, hi]}
             )
+    for other in args.paired_with:
+        paired += _paired_with(other, records, agents, per_claim, rng)
     for pair in args.pair:
         method, _, baseline = pair.partition(":")
         diff = per_claim[(method, PAIRED_BUDGET)] - per_claim[(baseline, PAIRED_BUDGET)]
@@ -143,6 +173,7 @@ def summarise(args, target_name: str, records: list[dict], agents: list[str]) ->
         "k": k,
         "requests": str(args.requests),
         "max_passage_words": args.max_passage_words,
+        "template": args.template,
         "dtype": args.resolved_dtype,
         "difficulty": {
             "KT_greedy_vs_identifier_order": bootstrap_mean(kendall_tau(identity, targets).astype(float), rng),
@@ -160,7 +191,8 @@ def markdown(summary: dict, exploration: dict | None) -> str:
         f"# Fidelity to the greedy ranking of `{summary['target']}`",
         "",
         f"{summary['claims']} BEIR SciFact test claims, BM25 top {summary['k']}, passages ≤ "
-        f"{summary['max_passage_words']} words (then fitted to the context), dtype {summary['dtype']}. Mean [95% bootstrap CI]. "
+        f"{summary['max_passage_words']} words (then fitted to the context), template `{summary.get('template', PromptConfig.template)}`, "
+        f"dtype {summary['dtype']}. Mean [95% bootstrap CI]. "
         "KT/SR higher is better, FD/KD lower. T = LLM passes allowed after the prompt; `passes` = used on average.",
         "",
         f"Target difficulty: KT(greedy, identifier order) = {fmt(d['KT_greedy_vs_identifier_order'])}; "
@@ -191,7 +223,8 @@ def markdown(summary: dict, exploration: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def main(argv=None, target=None) -> int:
+    """The benchmark on ``--target``, or on ``target`` (a ``Target`` built in code; ``--target`` is then ignored)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="random-llama")
     p.add_argument("--requests", type=Path, default=Path("data/scifact/test.top20.jsonl"))
@@ -206,7 +239,19 @@ def main(argv=None) -> int:
         help=f"comma-separated, of {','.join(BASELINES)}",
     )
     p.add_argument("--ranker", action="append", default=[], help="METHOD=DIR: a baseline's heads or fine-tune")
+    p.add_argument(
+        "--paired-with",
+        action="append",
+        default=[],
+        type=Path,
+        help="another run's .claims.jsonl on the same claims: pair each agent at T = 5 with its every method; repeat",
+    )
     p.add_argument("--max-passage-words", type=int, default=PromptConfig.max_passage_words)
+    p.add_argument(
+        "--template",
+        default=PromptConfig.template,
+        help="RankLLM template (rank_zephyr_template.yaml: numbers [1]..[K] as identifiers)",
+    )
     p.add_argument(
         "--dtype",
         default="auto",
@@ -221,7 +266,8 @@ def main(argv=None) -> int:
     args.rankers = dict(spec.split("=", 1) for spec in args.ranker)
     torch.manual_seed(0)
 
-    target = load_target(args.target, dtype=args.dtype)
+    if target is None:
+        target = load_target(args.target, dtype=args.dtype)
     args.resolved_dtype = str(target.model.dtype).removeprefix("torch.")
     requests = read_requests(args.requests)[: args.queries]
     k = len(requests[0].candidates)
@@ -239,7 +285,7 @@ def main(argv=None) -> int:
             if set(record["methods"]) == {*proposers, *args.baselines}:
                 done[record["qid"]] = record
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    prompt = PromptConfig(max_passage_words=args.max_passage_words)
+    prompt = PromptConfig(template=args.template, max_passage_words=args.max_passage_words)
     run_claims(args, target, requests, prompt, proposers, done)
     records = [done[str(r.query.qid)] for r in requests]
     summary = summarise(args, target.name, records, list(agents))

@@ -505,11 +505,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
     tied = args.network in K_TIED
     if tied and len(ks) != 1:
         raise ValueError(f"the {args.network!r} network is tied to one list length; the requests have {ks}")
+    if args.with_model and (args.workers > 1 or args.ray_address):
+        raise ValueError("--with-model: Ray workers (--workers, --ray-address) serve one target; drop one or the other")
     agent = config_from(AgentConfig, args, AGENT_FIELDS, k=ks[0] if tied else None)
     config = config_from(TrainConfig, args, TRAIN_FIELDS, agent=agent, prompt=_prompt_config(args))
     with _workers(args) as workers:
         agent = train(
-            _load_target(args),
+            [
+                _load_target(args),
+                *(_load_target(argparse.Namespace(**{**vars(args), "model": m})) for m in args.with_model),
+            ],
             requests,
             args.out,
             config,
@@ -648,6 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scale_options(p)
     p.add_argument("--requests", required=True, help="training requests (RankLLM JSONL); never the test queries")
     p.add_argument("--out", required=True, help="checkpoint folder (agent.json, model.safetensors, train_state.pt)")
+    p.add_argument(
+        "--with-model",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="another target (as --model) whose rankings of the same requests train the same agent; repeat (one "
+        "agent across targets: the bundled universal agent's recipe)",
+    )
     add_config_options(p, AgentConfig, AGENT_FIELDS)
     add_config_options(p, TrainConfig, TRAIN_FIELDS)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -700,8 +713,9 @@ def _guarded(args: argparse.Namespace) -> None:
     from rsd_rerank.files import check_writable, distinct_paths, locked
     from rsd_rerank.targets import check_target_name
 
-    if getattr(args, "model", None) is not None:  # an unknown name is refused offline, before any work
-        check_target_name(args.model)
+    for model in [getattr(args, "model", None), *getattr(args, "with_model", [])]:
+        if model is not None:  # an unknown name is refused offline, before any work
+            check_target_name(model)
     inputs, outputs = _inputs_and_outputs(args)
     distinct_paths(inputs, [path for path, _ in outputs])
     for path, directory in outputs:

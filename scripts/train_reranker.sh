@@ -6,18 +6,7 @@
 # validation; the test claims are never seen. Then copy the adapter into the package:
 #   cp runs/smollm2-reranker/adapter/* rsd_rerank/rerankers/smollm2-reranker/
 source "$(dirname "${BASH_SOURCE[0]}")/scifact_requests.sh"
-FIT=data/scifact/train-fit.top20.jsonl
-VAL=data/scifact/train-val.top20.jsonl
 OUT=${OUT:-runs/smollm2-reranker}
-
-# A seeded split of the 809 training claims: 50 for validation, the rest to fit.
-[ -f "$VAL" ] || python - "$TRAIN" "$FIT" "$VAL" <<'PY'
-import random, sys
-lines = open(sys.argv[1]).read().splitlines(keepends=True)
-held = set(random.Random(0).sample(range(len(lines)), 50))
-open(sys.argv[2], "w").writelines(l for i, l in enumerate(lines) if i not in held)
-open(sys.argv[3], "w").writelines(l for i, l in enumerate(lines) if i in held)
-PY
 
 [ -f "$OUT/ranker.json" ] || rsd-rerank finetune --method reranker --model smollm2 --requests "$FIT" \
     --max-passage-words 30 --epochs 1 --lr 5e-4 --lora-rank 16 --bf16-autocast \

@@ -223,37 +223,14 @@ def test_checkpoint_loads_are_private_and_follow_agent_json(tmp_path, tiny_llama
 def _other_tokenizer_llama():
     """A random Llama whose tokenizer is not SmolLM2's: a byte-level BPE trained here on the examples'
     text, with a ChatML template (nothing downloaded)."""
-    import json as json_module
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from rsd_rerank.targets import Target
+    from rsd_rerank.targets import bpe_tokenizer, random_llama
 
     examples = Path(__file__).resolve().parent.parent / "examples" / "requests.jsonl"
-    texts = [json_module.dumps(json_module.loads(line)) for line in examples.read_text().splitlines()] + [
+    texts = [json.dumps(json.loads(line)) for line in examples.read_text().splitlines()] + [
         "[A] > [B] > [C] [12] > [3] You are RankLLM, an intelligent assistant that can rank passages."
     ]
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>"
-    )
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, initializer_range=0.1, eos_token_id=tokenizer.eos_token_id,
-        max_position_embeddings=8192,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return Target(LlamaForCausalLM(config).eval(), tokenizer, "other-tokenizer-llama")
+    shape = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
+    return random_llama(tokenizer=bpe_tokenizer(texts, vocab_size=600), **shape)
 
 
 @pytest.mark.parametrize("template", ["rank_zephyr_alpha_template.yaml", "rank_zephyr_template.yaml"])

@@ -3,12 +3,13 @@
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from rsd_rerank.agent import AgentConfig, load_agent
 from rsd_rerank.cli import main
-from rsd_rerank.runs import read_requests
+from rsd_rerank.runs import BatchConfig, read_requests
 from rsd_rerank.training import TrainConfig, train
 from rsd_rerank.training.cache import cached_queries
 
@@ -142,3 +143,62 @@ def test_train_cli_errors(train_file, tmp_path, capsys):
     mixed.write_text(lines[0] + "\n" + json.dumps(short) + "\n")
     assert main([*args[:3], "--requests", str(mixed), "--out", str(tmp_path / "m"), "--network", "paper"]) == 2
     assert "tied to one list length; the requests have [5, 10]" in capsys.readouterr().err
+    assert main([*args, "--with-model", "random-llama:sed=1"]) == 2
+    assert "--model random-llama:sed=1: unknown key 'sed'" in capsys.readouterr().err
+    assert main([*args, "--with-model", "random-llama:seed=1", "--workers", "2"]) == 2
+    assert "--with-model: Ray workers" in capsys.readouterr().err
+
+
+def test_one_agent_learns_from_several_targets(tiny_llama, train_file, tmp_path):
+    """Several targets train one agent: every target's rankings of the training requests, one shared
+    split, validation over all of them, RPO rollouts grouped by target; the checkpoint names them all
+    and serves a target it never saw (equivariant: any tokenizer). K-tied networks need one tokenizer."""
+    from rsd_rerank.agent import resolve_agent
+    from rsd_rerank.targets import bpe_tokenizer, random_llama
+
+    shape = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
+    other = random_llama(seed=1, initializer_range=0.05, **shape)
+    requests = read_requests(train_file)
+    config = TrainConfig(
+        agent=AgentConfig("equivariant", features="jacobi"),
+        budget=3,
+        group=2,
+        stage1_epochs=2,
+        rpo_epochs=1,
+        rpo_queries=6,
+        batch=3,
+        val_queries=6,
+    )
+    agent = train([tiny_llama, other], requests, tmp_path / "both", config, batching=BatchConfig(4))
+    meta = json.loads((tmp_path / "both" / "agent.json").read_text())
+    assert meta["targets"] == [tiny_llama.name, other.name]
+    assert meta["target"] == f"{tiny_llama.name} + {other.name}"
+    assert meta["data"]["train_queries"] == 2 * (24 - 6)
+    assert agent.metadata["history"][-1]["stage"] == "rpo"
+    # Validation pools both targets' held-out queries: equal to validating on the two in turn.
+    from rsd_rerank.training.trainer import _sessions, validate
+
+    val = [requests[i] for i in np.random.default_rng(0).permutation(24)[:6]]
+    prompt = config.prompt
+    cached = {t.name: cached_queries(t, val, prompt, 3) for t in (tiny_llama, other)}
+    pooled = validate(agent, [s for t in (tiny_llama, other) for s in _sessions(t, val, prompt, BatchConfig(4))],
+                      cached[tiny_llama.name] + cached[other.name])  # fmt: skip
+    assert pooled == agent.metadata["validation"]
+    unseen = random_llama(seed=2, tokenizer=bpe_tokenizer(["[A] > [B] example text " * 20], 300), **shape)
+    assert resolve_agent(tmp_path / "both", unseen, 10).config.features == "jacobi"
+    with pytest.raises(ValueError, match="must share a tokenizer"):
+        train([tiny_llama, unseen], requests, tmp_path / "paper", TrainConfig(agent=AgentConfig("paper", k=10)))
+    with pytest.raises(ValueError, match="distinct targets"):
+        train([tiny_llama, tiny_llama], requests, tmp_path / "same", config)
+
+
+def test_random_llama_names_pick_a_member_of_the_family():
+    """``random-llama:seed=…,init=…`` loads the same model as ``random_llama`` with those arguments, and
+    plain ``random-llama`` the paper-like one (seed 0, init 0.1)."""
+    from rsd_rerank.targets import load_target, random_llama, weights_fingerprint
+
+    named = load_target("random-llama:seed=3,init=0.05,hidden=64,layers=1", device="cpu", dtype="float32")
+    built = random_llama(seed=3, initializer_range=0.05, hidden_size=64, num_hidden_layers=1)
+    assert named.name == built.name == "random-llama(seed=3,init=0.05,h=64,L=1)"
+    assert weights_fingerprint(named.model) == weights_fingerprint(built.model)
+    assert load_target("random-llama", device="cpu", dtype="float32").name == "random-llama(seed=0,init=0.1,h=256,L=4)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -130,6 +130,14 @@ def _save(out: Path, agent: Agent, reference: Agent, optimizer, progress: dict) 
         )
 
 
+def _by_target(chunk: list[int], train_of: list[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+    """The training examples of ``chunk`` grouped by target, in order of first appearance (one session each)."""
+    groups: dict[int, list[int]] = {}
+    for i in chunk:
+        groups.setdefault(train_of[i][0], []).append(i)
+    return list(groups.items())
+
+
 def _sessions(target: Target, requests: list, prompt: PromptConfig, batching: BatchConfig) -> list[TargetSession]:
     """Batched sessions over ``requests``, in order (``batching`` decides the groups)."""
     prompts = request_prompts(target.tokenizer, requests, prompt, target.max_positions)
@@ -137,7 +145,7 @@ def _sessions(target: Target, requests: list, prompt: PromptConfig, batching: Ba
 
 
 def train(
-    target: Target,
+    target: Target | Sequence[Target],
     requests: list,
     out: str | os.PathLike,
     config: TrainConfig = TrainConfig(),
@@ -148,6 +156,10 @@ def train(
 ) -> Agent:
     """Train an agent on ``requests`` (RankLLM requests of equal K) and write it to ``out``.
 
+    ``target`` may be several targets: one agent then learns from every target's rankings of the same
+    requests (the universal agent's recipe; the train/validation split is the same for each), and the
+    checkpoint records them all.
+
     ``out`` receives the final agent (``agent.json``, ``model.safetensors``), the Stage I agent in
     ``out/stage1`` and ``train_state.pt``, from which ``resume=True`` continues after a kill.
     ``batching`` groups queries into one session for the target cache, validation and RPO rollouts
@@ -157,9 +169,20 @@ def train(
 
     Raises:
         ValueError: too few requests for the validation split, lists of unequal length for a K-tied
-            network, or ``out`` holding a run or an agent that neither ``resume`` nor ``overwrite`` allows.
+            network, targets of different tokenizers for a K-tied network, several targets with
+            ``precompute``, or ``out`` holding a run or an agent that neither ``resume`` nor
+            ``overwrite`` allows.
     """
     out = Path(out)
+    targets = [target] if isinstance(target, Target) else list(target)
+    names = [t.name for t in targets]
+    if not targets or len(set(names)) < len(names):
+        raise ValueError(f"train on one or more distinct targets, not {names}")
+    if precompute is not None and len(targets) > 1:
+        raise ValueError(
+            "precomputing the target cache (Ray workers) serves one target; train several with --workers 1"
+        )
+    fingerprints = sorted({tokenizer_fingerprint(t.tokenizer) for t in targets})
     single = sum(len(r.candidates) < 2 for r in requests)
     if single:
         log.warning("%d requests with a single candidate have nothing to rank and are left out", single)
@@ -177,6 +200,11 @@ def train(
         raise ValueError(
             f"the {agent_config.network!r} network ranks K = {agent_config.k}, the lists have {sorted(ks)}"
         )
+    if agent_config.k is not None and len(fingerprints) > 1:
+        raise ValueError(
+            f"the {agent_config.network!r} network reads identifier tokens: its targets must share a tokenizer "
+            f"({', '.join(names)} have {len(fingerprints)})"
+        )
     if len(requests) <= config.val_queries:
         raise ValueError(f"{len(requests)} requests leave none to train on after {config.val_queries} for validation")
 
@@ -186,14 +214,18 @@ def train(
     if precompute is not None:
         precompute(requests, config.prompt, config.budget, batching)
     # Aligned with the requests by position: qids may repeat (e.g. one query's several windows).
-    cached = cached_queries(target, requests, config.prompt, config.budget, batching=batching)
-    train_req, train_q = [requests[i] for i in train_idx], [cached[i] for i in train_idx]
-    val_req, val_q = [requests[i] for i in val_idx], [cached[i] for i in val_idx]
+    cached = [cached_queries(t, requests, config.prompt, config.budget, batching=batching) for t in targets]
+    # Training examples are (target, request) pairs, the targets' in turn; so are the validation ones.
+    train_of = [(t, int(i)) for t in range(len(targets)) for i in train_idx]
+    train_req, train_q = [requests[i] for _, i in train_of], [cached[t][i] for t, i in train_of]
+    val_q = [cached[t][i] for t in range(len(targets)) for i in val_idx]
 
     torch.manual_seed(config.seed)
     metadata = {
-        "target": target.name,
-        "tokenizer": tokenizer_fingerprint(target.tokenizer),
+        # One name: what `resolve_agent` matches a target against (several never match one target).
+        "target": " + ".join(names),
+        "targets": names,
+        "tokenizer": "+".join(fingerprints),
         "identifiers": "alpha",
         "template": Path(config.prompt.template).name,
         "training": {k: v for k, v in asdict(config).items() if k != "agent"},
@@ -203,7 +235,7 @@ def train(
             "k": sorted(ks),
         },
     }
-    device = target.model.device  # the agent lives where the loop's tensors do
+    device = targets[0].model.device  # the agent lives where the loop's tensors do
     agent = Agent(agent_config, metadata).to(device)
     reference = copy.deepcopy(agent)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.stage1_lr)
@@ -218,7 +250,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         log.info("resuming at %s epoch %d query %d", progress["stage"], progress["epoch"], progress["position"])
 
-    val_sessions = _sessions(target, val_req, config.prompt, batching)
+    val_req = [requests[i] for i in val_idx]
+    val_sessions = [s for t in targets for s in _sessions(t, val_req, config.prompt, batching)]
 
     def record(stage: str, epoch: int, extra: dict) -> None:
         metrics = validate(agent, val_sessions, val_q) if val_q else {}
@@ -230,16 +263,16 @@ def train(
     if progress["stage"] == "stage1":
         if progress["epoch"] == 0 and not progress["history"]:
             record("init", 0, {})
-        stage1 = [(state.to(device), targets.to(device)) for state, targets in _states(train_q)]
+        stage1 = [(state.to(device), wanted.to(device)) for state, wanted in _states(train_q)]
         while progress["epoch"] < config.stage1_epochs:
             agent.train()
             epoch = progress["epoch"]
             losses = []
             g = _generator(config.seed, 1, epoch)
-            for state, targets in stage1:
-                perm = torch.randperm(targets.shape[0], generator=g)
+            for state, wanted in stage1:
+                perm = torch.randperm(wanted.shape[0], generator=g)
                 for rows in perm.split(config.batch * 4):
-                    loss = supervised_loss(agent, state.select(rows), targets[rows])
+                    loss = supervised_loss(agent, state.select(rows), wanted[rows])
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -269,21 +302,23 @@ def train(
             start = progress["position"]
             stop = min(start + batching.batch_size, (start // config.batch + 1) * config.batch, n_rl)
             chunk = [int(i) for i in order[start:stop]]
-            session = _sessions(target, [train_req[i] for i in chunk], config.prompt, BatchConfig(len(chunk)))[0]
-            agent.eval()
-            proposers = {
-                q: AgentProposer(agent, _generator(config.seed, 3, epoch, i), greedy_rows=1)
-                for q, i in enumerate(chunk)
-            }
-            rollouts = decode_many(session, proposers, config.budget, trajectories=1 + config.group)
-            agent.train()
-            for q, i in enumerate(chunk):
-                decoded = rollouts[q]
-                loss, s = rpo_loss(
-                    agent, reference, decoded, train_q[i].target, config.advantage, config.beta, config.budget
-                )
-                (loss / config.batch).backward()
-                stats.append(s)
+            for t, group in _by_target(chunk, train_of):
+                session = _sessions(targets[t], [train_req[i] for i in group], config.prompt, BatchConfig(len(group)))[
+                    0
+                ]
+                agent.eval()
+                proposers = {
+                    q: AgentProposer(agent, _generator(config.seed, 3, epoch, i), greedy_rows=1)
+                    for q, i in enumerate(group)
+                }
+                rollouts = decode_many(session, proposers, config.budget, trajectories=1 + config.group)
+                agent.train()
+                for q, i in enumerate(group):
+                    loss, s = rpo_loss(
+                        agent, reference, rollouts[q], train_q[i].target, config.advantage, config.beta, config.budget
+                    )
+                    (loss / config.batch).backward()
+                    stats.append(s)
             progress["position"] = stop
             bar.update(len(chunk))
             if progress["position"] % config.batch == 0 or progress["position"] == n_rl:
