@@ -234,17 +234,15 @@ def _other_tokenizer_llama():
 
 
 @pytest.mark.parametrize("template", ["rank_zephyr_alpha_template.yaml", "rank_zephyr_template.yaml"])
-def test_rsd_serves_a_model_with_another_tokenizer_through_the_equivariant_agent(
-    query_docs, caplog, template, tmp_path
-):
+def test_rsd_serves_a_model_with_another_tokenizer_through_the_universal_agent(query_docs, caplog, template, tmp_path):
     """No bundled agent was trained on this model or its tokenizer: ``rsd`` runs with the bundled
-    equivariant agent (it reads no tokens) and says so, with letters and with numbers; K-tied agents keep
-    refusing another tokenizer."""
+    universal agent (equivariant: it reads no tokens) and says so, with letters and with numbers; K-tied
+    agents keep refusing another tokenizer."""
     import logging
 
-    from rsd_rerank.agent.store import UNIVERSAL, _note_universal
+    from rsd_rerank.agent.store import UNIVERSAL, _universal
 
-    _note_universal.cache_clear()  # the warning comes once per target and process
+    _universal.cache_clear()  # the warning comes once per target and process
     from rsd_rerank.methods import DecodingConfig, rank
     from rsd_rerank.prompt import PromptConfig
     from rsd_rerank.targets import tokenizer_fingerprint
@@ -259,9 +257,23 @@ def test_rsd_serves_a_model_with_another_tokenizer_through_the_equivariant_agent
         decoded = rank(session, DecodingConfig("rsd", budget=session.k))
     assert sorted(decoded.ranking) == list(range(12))
     assert decoded.ranking == session.greedy_ranking()  # T >= K: the exact target, whatever the tokenizer
-    assert f"bundled equivariant agent {UNIVERSAL!r}" in caplog.text
-    assert resolve_agent(None, target, 12).config.network == "equivariant"
+    assert f"bundled universal agent {UNIVERSAL!r}" in caplog.text
+    universal = resolve_agent(None, target, 12)
+    assert universal.config.network == "equivariant" and len(universal.metadata["targets"]) > 1
     paper = Agent(AgentConfig("paper", k=10), {"tokenizer": "0123456789abcdef", "target": "x"})
     save_agent(paper, tmp_path / "paper")
     with pytest.raises(ValueError, match="identifier tokens differ"):
         load_agent(tmp_path / "paper", target=target, k=10)
+
+
+def test_every_target_has_its_default_agent_and_the_rest_the_universal_one(tiny_llama):
+    """``DEFAULT_AGENT`` names bundled agents trained on their targets; a target outside it (here a random
+    Llama of another shape) gets the universal agent, trained across several targets."""
+    from rsd_rerank.agent.store import DEFAULT_AGENT, UNIVERSAL
+
+    for target, name in DEFAULT_AGENT.items():
+        assert json.loads((BUNDLED / name / "agent.json").read_text())["target"] == target
+    meta = json.loads((BUNDLED / UNIVERSAL / "agent.json").read_text())
+    assert len(meta["targets"]) >= 5 and meta["config"]["network"] == "equivariant"
+    assert tiny_llama.name not in DEFAULT_AGENT
+    assert resolve_agent(None, tiny_llama, 20).metadata["targets"] == meta["targets"]

@@ -50,7 +50,8 @@ def load_agent(directory: str | os.PathLike, target=None, k: int | None = None) 
             other tokens).
 
     A different target (the paper's "adaptation") loads with a warning: with the same tokenizer for any
-    network, with any tokenizer for an ``equivariant`` one (it reads no tokens).
+    network, with any tokenizer for an ``equivariant`` one (it reads no tokens). An agent trained across
+    several targets loads on any other without one.
     """
     path = Path(directory).resolve()
     # Size and mtime of both files key the cache: a checkpoint rewritten in the same process (training,
@@ -72,7 +73,8 @@ def load_agent(directory: str | os.PathLike, target=None, k: int | None = None) 
                 f"agent {path.name} was trained with tokenizer {meta.get('tokenizer')} ({meta.get('target')}), "
                 f"the target {target.name} has tokenizer {fingerprint}: its identifier tokens differ"
             )
-        if meta.get("target") != target.name:
+        # An agent trained across targets is meant for others (``UNIVERSAL``); one trained on one is not.
+        if meta.get("target") != target.name and len(meta.get("targets", [None])) == 1:
             _warn_adaptation(str(path), str(meta.get("target")), target.name)
     agent = Agent(config, meta)
     agent.load_state_dict(weights)  # copies: the cached tensors are never the agent's parameters
@@ -108,14 +110,14 @@ BUNDLED = Path(__file__).resolve().parent.parent / "checkpoints"
 
 def resolve_agent(agent: str | os.PathLike | None, target, k: int) -> Agent:
     """The agent for ``rsd`` on ``target`` with K items: a checkpoint directory, a bundled agent's
-    name, or (None) the bundled agent trained on this target, else one trained with its tokenizer, else
-    the bundled equivariant agent ``UNIVERSAL`` (with a warning that says so).
+    name, or (None) the target's default in ``DEFAULT_AGENT``, else the universal agent ``UNIVERSAL``
+    (with a warning that says so).
 
     Raises:
         ValueError: no such checkpoint, or a K-tied agent that does not fit the target's K or tokenizer.
     """
     if agent is None:
-        agent = _default_bundled(target)
+        agent = DEFAULT_AGENT.get(target.name) or _universal(target.name)
     path = Path(agent)
     if not path.is_dir():
         if not (BUNDLED / str(agent)).is_dir():
@@ -125,42 +127,28 @@ def resolve_agent(agent: str | os.PathLike | None, target, k: int) -> Agent:
     return load_agent(path.resolve(), target=target, k=k)
 
 
-@functools.cache
-def _bundled_metadata() -> dict[str, dict]:
-    """Each bundled agent's ``agent.json``, read once: they are package files and do not change."""
-    return {
-        p.name: json.loads((p / "agent.json").read_text())
-        for p in sorted(BUNDLED.glob("*"))
-        if (p / "agent.json").exists()
-    }
+DEFAULT_AGENT = {
+    "smollm2": "smollm2",
+    "smollm2-reranker": "smollm2-reranker",
+    "random-llama(seed=0,init=0.1,h=256,L=4)": "random-llama-jacobi",
+}
+"""Target name → the bundled agent ``rsd`` uses on it by default (each trained on that target; the
+README's agents table gives the command behind each, and ``--agent NAME`` picks any other)."""
 
-
-UNIVERSAL = "random-llama"
-"""The bundled equivariant agent that serves a target no bundled agent was trained on, nor its
-tokenizer. It is the random-llama agent until one trained across targets replaces it: on a random Llama
-it never saw it beats consensus (RSD@5 0.826 vs 0.751), but on ``smollm2-reranker`` it loses to every
-baseline (0.480 vs consensus 0.629): train an agent for a model you rely on."""
-
-
-def _default_bundled(target) -> str:
-    metas = _bundled_metadata()
-    for name, meta in metas.items():
-        if meta.get("target") == target.name:
-            return name
-    fingerprint = tokenizer_fingerprint(target.tokenizer)
-    for name, meta in metas.items():
-        if meta.get("tokenizer") == fingerprint:
-            return name
-    _note_universal(target.name)
-    return UNIVERSAL
+UNIVERSAL = "universal"
+"""The bundled agent for every other target: equivariant with Jacobi features, trained across five
+targets (random Llamas of three seeds and two inits, SmolLM2, smollm2-reranker). It reads item
+log-probabilities and slots, never a token, so it loads on any tokenizer and identifier scheme
+(``benchmarks/results/universal.md``: its fidelity on targets it never saw)."""
 
 
 @functools.cache
-def _note_universal(target: str) -> None:
+def _universal(target: str) -> str:
     # Once per target: the agent is resolved for every query.
     log.warning(
-        "no bundled agent was trained on %s or its tokenizer; rsd uses the bundled equivariant agent %r "
-        "(it reads no tokens; train one for this model with `rsd-rerank train` and pass --agent DIR)",
+        "no bundled agent was trained on %s; rsd uses the bundled universal agent %r (equivariant, trained "
+        "across targets; train one for this model with `rsd-rerank train` and pass --agent DIR)",
         target,
         UNIVERSAL,
     )
+    return UNIVERSAL
