@@ -222,7 +222,7 @@ def train(
 
     torch.manual_seed(config.seed)
     metadata = {
-        # One name: what `resolve_agent` matches a target against (several never match one target).
+        # One name, read by the adaptation warning; an agent of several targets joins theirs.
         "target": " + ".join(names),
         "targets": names,
         "tokenizer": "+".join(fingerprints),
