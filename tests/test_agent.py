@@ -276,4 +276,8 @@ def test_every_target_has_its_default_agent_and_the_rest_the_universal_one(tiny_
     meta = json.loads((BUNDLED / UNIVERSAL / "agent.json").read_text())
     assert len(meta["targets"]) >= 5 and meta["config"]["network"] == "equivariant"
     assert tiny_llama.name not in DEFAULT_AGENT
+    # The first bundled agents predate the Jacobi features (their configs name none): they load with rows.
+    assert "features" not in json.loads((BUNDLED / "random-llama" / "agent.json").read_text())["config"]
+    assert load_agent(BUNDLED / "random-llama").config.features == "rows"
+    assert load_agent(BUNDLED / UNIVERSAL).config.features == "jacobi" == AgentConfig().features
     assert resolve_agent(None, tiny_llama, 20).metadata["targets"] == meta["targets"]

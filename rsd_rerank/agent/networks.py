@@ -51,8 +51,8 @@ class AgentConfig:
     """Self-attention layers of the equivariant network (the paper's network has one)."""
     heads: int = bounded(4, 1)
     """Attention heads of the equivariant network (the paper's network uses 5)."""
-    features: str = "rows"
-    """The equivariant network's item features: rows (summaries of every row seen) or jacobi (also each item's slot and log-probability in one Jacobi step of the latest pass, what PDM reads)."""
+    features: str = "jacobi"
+    """The equivariant network's item features: jacobi (each item's slot and log-probability in one Jacobi step of the latest pass, what PDM reads, besides the row summaries) or rows (summaries of every row seen only; checkpoints that name no features have these)."""
 
     def __post_init__(self):
         check_ranges(self)

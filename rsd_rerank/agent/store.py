@@ -58,7 +58,7 @@ def load_agent(directory: str | os.PathLike, target=None, k: int | None = None) 
     # then loading) is read again, while ranking query after query reads the files once.
     meta, weights = _read(str(path), _stamp(path / "agent.json"), _stamp(path / "model.safetensors"))
     meta = json.loads(meta)
-    config = AgentConfig(**meta.pop("config"))
+    config = _config_of(meta.pop("config"))
     if k is not None and config.k is not None and config.k != k:
         raise ValueError(
             f"agent {path.name} ({config.network}) was trained for K = {config.k} items, the list has {k}; "
@@ -81,6 +81,11 @@ def load_agent(directory: str | os.PathLike, target=None, k: int | None = None) 
     return agent.eval()
 
 
+def _config_of(stored: dict) -> AgentConfig:
+    # Checkpoints written before the Jacobi features existed name none: theirs are the row summaries.
+    return AgentConfig(**{"features": "rows", **stored})
+
+
 @functools.cache
 def _warn_adaptation(agent: str, trained_on: str, target: str) -> None:
     # Once per (agent, target): the agent is loaded for every query.
@@ -97,7 +102,7 @@ def _read(directory: str, meta_stamp: Any, weights_stamp: Any) -> tuple[str, dic
     try:
         meta = (path / "agent.json").read_text()
         config = json.loads(meta)["config"]
-        AgentConfig(**config)
+        _config_of(config)
         weights = load_file(str(path / "model.safetensors"))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, SafetensorError) as err:
         raise ValueError(f"{path} is not an agent checkpoint (agent.json + model.safetensors): {err}") from err
