@@ -13,7 +13,7 @@ train() {  # OUT, then `rsd-rerank train` options; skipped when OUT holds a fini
 }
 
 # The hard, paper-like target (shared/targets.md): every network, both advantages.
-RL=(--model random-llama --stage1-epochs 8 --rpo-queries 256 --val-queries 48)
+RL=(--model random-llama --stage1-epochs 8 --rpo-epochs 1 --rpo-queries 256 --val-queries 48)
 train $AGENTS/random-llama-equivariant "${RL[@]}" --network equivariant --features rows
 train $AGENTS/random-llama-equivariant-group "${RL[@]}" --network equivariant --features rows --advantage group
 train $AGENTS/random-llama-paper "${RL[@]}" --network paper
@@ -39,7 +39,7 @@ python benchmarks/fidelity.py --dtype float32 --target random-llama --queries 10
 # The embedded SmolLM2 (an easy target): 120 training claims, passages cut to 40 words for CPU time.
 head -n 120 "$TRAIN" > data/scifact/train120.top20.jsonl
 train $AGENTS/smollm2-equivariant --model smollm2 --requests data/scifact/train120.top20.jsonl \
-    --max-passage-words 40 --stage1-epochs 8 --rpo-queries 32 --val-queries 24 --network equivariant --features rows
+    --max-passage-words 40 --stage1-epochs 8 --rpo-epochs 1 --rpo-queries 32 --val-queries 24 --network equivariant --features rows
 python benchmarks/fidelity.py --dtype float32 --target smollm2 --queries 100 --requests "$TEST" --max-passage-words 40 \
     --agent rsd-equivariant=$AGENTS/smollm2-equivariant \
     --agent rsd-equivariant-stage1=$AGENTS/smollm2-equivariant/stage1 \
