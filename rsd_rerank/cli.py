@@ -162,11 +162,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     add_config_options(p, BatchConfig, BATCH_FIELDS)
 
 
-def _load_target(args: argparse.Namespace):
+def _load_target(args: argparse.Namespace, model: str | None = None):
+    """The target of ``--model`` (or ``model``, e.g. one of train's ``--with-model``) with the target options."""
     from rsd_rerank.targets import load_target
 
     config = config_from(TargetConfig, args, TARGET_FIELDS)
-    return load_target(config.model, device=config.device, dtype=config.dtype, device_map=config.device_map)
+    return load_target(model or config.model, device=config.device, dtype=config.dtype, device_map=config.device_map)
 
 
 def _add_scale_options(p: argparse.ArgumentParser) -> None:
@@ -511,10 +512,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     config = config_from(TrainConfig, args, TRAIN_FIELDS, agent=agent, prompt=_prompt_config(args))
     with _workers(args) as workers:
         agent = train(
-            [
-                _load_target(args),
-                *(_load_target(argparse.Namespace(**{**vars(args), "model": m})) for m in args.with_model),
-            ],
+            [_load_target(args), *(_load_target(args, model) for model in args.with_model)],
             requests,
             args.out,
             config,
