@@ -150,7 +150,7 @@ def _agent_for(target: Target) -> str | None:
         return str(directory)
 
 
-def latency(target: Target, prompts: list[Prompt], budget: int, repeats: int) -> dict:
+def latency(target: Target, prompts: list[Prompt], budget: int, repeats: int, invariant: bool = False) -> dict:
     """Seconds per query at batch 1 for each decoder, every decoder on the same prefill (``forget`` between)."""
     agent = _agent_for(target)
     methods = {
@@ -166,7 +166,7 @@ def latency(target: Target, prompts: list[Prompt], budget: int, repeats: int) ->
     exact, row_diff = [], 0.0
     for repeat in range(repeats + 1):  # the first round is a warm-up: allocation, kernel choice
         for prompt in prompts:
-            session = TargetSession.from_prompts(target, [prompt])
+            session = TargetSession.from_prompts(target, [prompt], invariant)
             greedy = session.greedy_rankings()[0]
             record = repeat > 0
             if record:
@@ -206,7 +206,9 @@ def latency(target: Target, prompts: list[Prompt], budget: int, repeats: int) ->
     return {"rows": rows, "rsd_at_k_equals_greedy": sum(exact) / len(exact), "max_row_difference": row_diff}
 
 
-def throughput(target: Target, prompts: list[Prompt], budget: int, sizes: list[int]) -> list[dict]:
+def throughput(
+    target: Target, prompts: list[Prompt], budget: int, sizes: list[int], invariant: bool = False
+) -> list[dict]:
     """Queries/s over all ``prompts`` in batches of each size, per decoder; stops at the first size that OOMs."""
     agent = _agent_for(target)
     configs = {
@@ -223,7 +225,7 @@ def throughput(target: Target, prompts: list[Prompt], budget: int, sizes: list[i
         prefill, decode = 0.0, dict.fromkeys([*configs, "generate"], 0.0)
         try:
             for start in range(0, len(prompts), size):
-                session = TargetSession.from_prompts(target, prompts[start : start + size])
+                session = TargetSession.from_prompts(target, prompts[start : start + size], invariant)
                 prefill += session.prefill_seconds
                 for name, config in configs.items():
                     session.forget()
@@ -336,9 +338,12 @@ def run(args: argparse.Namespace) -> dict:
         "budget": args.budget,
         "prompt_tokens_median": statistics.median(len(p.token_ids) for p in prompts),
         "dry_run": args.dry_run,
+        "batch_invariant": args.batch_invariant,
     }
-    result["latency"] = latency(target, prompts[: args.latency_queries], args.budget, args.repeats)
-    result["throughput"] = throughput(target, prompts, args.budget, args.batch_sizes)
+    result["latency"] = latency(
+        target, prompts[: args.latency_queries], args.budget, args.repeats, args.batch_invariant
+    )
+    result["throughput"] = throughput(target, prompts, args.budget, args.batch_sizes, args.batch_invariant)
     result["ratios"] = ratios(result)
     return result
 
@@ -364,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=5)
     p.add_argument("--batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[1, 4, 16, 64])
     p.add_argument("--dry-run", action="store_true", help="tiny shape, 3 queries, batches 1 and 2: every code path")
+    p.add_argument(
+        "--batch-invariant",
+        action="store_true",
+        help="batch-invariant passes (BatchConfig.batch_invariant): RSD@K equals greedy in any precision",
+    )
     p.add_argument("--out", help="output stem for .json and .md (default: print only)")
     args = parser.parse_args(argv)
     if args.command == "prepare":

@@ -69,7 +69,8 @@ class RSDReranker(ListwiseRankLLM):
         ranker: a baseline's heads, fine-tuned ranker or drafter (``DecodingConfig.ranker``).
         window_size, stride, context_size, max_passage_words: as in RankLLM.
         device, dtype: where and in what precision a model loaded by name runs (``load_target``).
-        batch_size, max_batch_tokens: windows decoded together (``rsd_rerank.runs.BatchConfig``).
+        batch_size, max_batch_tokens, batch_invariant: windows decoded together, and whether each in passes
+            of its own fixed shape (``rsd_rerank.runs.BatchConfig``).
 
     Every window's passes, i* per round and seconds are recorded in the invocation's
     ``token_usage`` (when ``populate_invocations_history`` is passed, as in RankLLM). After
@@ -95,6 +96,7 @@ class RSDReranker(ListwiseRankLLM):
         dtype: str = "auto",
         batch_size: int = BatchConfig.batch_size,
         max_batch_tokens: int | None = BatchConfig.max_batch_tokens,
+        batch_invariant: bool = BatchConfig.batch_invariant,
     ) -> None:
         template = str(template_path(prompt_template_path))
         self._numeric = numeric_identifiers(template)
@@ -106,7 +108,7 @@ class RSDReranker(ListwiseRankLLM):
             )
         self._target: Target = load_target(model, tokenizer, device=device, dtype=dtype)
         self._decoding = DecodingConfig(method, budget, agent, ranker)
-        self._batching = BatchConfig(batch_size, max_batch_tokens)
+        self._batching = BatchConfig(batch_size, max_batch_tokens, batch_invariant)
         self._prompt_config = PromptConfig(template, max_passage_words, context_size)
         self._model_lock = threading.Lock()
         self.passage_words: list[int | None] = []
@@ -383,6 +385,7 @@ def rerank_windowed(
         max_passage_words=prompt.max_passage_words,
         batch_size=batching.batch_size,
         max_batch_tokens=batching.max_batch_tokens,
+        batch_invariant=batching.batch_invariant,
     )
     try:
         for chunk in request_chunks(requests, batching):

@@ -75,15 +75,7 @@ def read_requests(path: str | os.PathLike) -> list:
             raise ValueError(f"{place}: not a RankLLM request ({err})") from err
     if not requests:
         raise ValueError(f"{path} holds no requests")
-    textless = [sum(not has_text(c.doc) for c in r.candidates) for r in requests]
-    if sum(textless):
-        log.warning(
-            "%s: %d candidates in %d requests have no text; they are not reranked but kept below the candidates "
-            "with text, in input order",
-            path,
-            sum(textless),
-            sum(n > 0 for n in textless),
-        )
+    warn_textless(path, requests)
     empty = [str(r.query.qid) for r in requests if not str(r.query.text).strip()]
     if empty:
         log.warning("%s: %d requests have an empty query text: %s", path, len(empty), ", ".join(empty[:10]))
@@ -94,6 +86,19 @@ def read_requests(path: str | os.PathLike) -> list:
                     f"{path}: request {number} has {kind} {str(value)!r}: TREC runs need ids without whitespace"
                 )
     return requests
+
+
+def warn_textless(source: str | os.PathLike, requests: Sequence) -> None:
+    """One warning naming ``source`` when candidates of ``requests`` have no text (request files and runs alike)."""
+    textless = [sum(not has_text(c.doc) for c in r.candidates) for r in requests]
+    if sum(textless):
+        log.warning(
+            "%s: %d candidates in %d requests have no text; they are not reranked but kept below the candidates "
+            "with text, in input order",
+            source,
+            sum(textless),
+            sum(n > 0 for n in textless),
+        )
 
 
 def read_run_requests(path: str | os.PathLike) -> list:
@@ -167,6 +172,8 @@ class BatchConfig:
     """Requests decoded together: their prompts are prefilled one by one into one left-padded KV, then every round verifies all of them in one forward."""
     max_batch_tokens: int | None = bounded(None, 1)
     """Cap on batch size x longest prompt (padded tokens of a prefill), so that long prompts do not overflow memory; None: no cap."""
+    batch_invariant: bool = False
+    """Batch-invariant passes: each ranking verified whole and alone in a forward of one shape per query, so rankings are the same at any batch size and every budgeted method at T >= K equals greedy in bf16 and fp16 too (float32 needs it for neither); passes feed more tokens and are not batched across queries."""
 
     def __post_init__(self):
         check_ranges(self)
@@ -286,7 +293,8 @@ def read_run(path: str | os.PathLike) -> TrecRun:
 
 
 def _lines(path: str | os.PathLike, what: str) -> Iterator[tuple[int, str]]:
-    """(number, line) of a UTF-8 text file, read line by line; a device, FIFO or folder is refused unread.
+    """(number, line) of a UTF-8 text file, read line by line (a byte-order mark is dropped); a device,
+    FIFO or folder is refused unread.
 
     Raises:
         ValueError: naming the file: missing, not a regular file, unreadable, or not UTF-8.
@@ -295,7 +303,7 @@ def _lines(path: str | os.PathLike, what: str) -> Iterator[tuple[int, str]]:
     if path.exists() and not path.is_file():
         raise ValueError(f"{what} {path} is not a regular file")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             yield from enumerate(f, start=1)
     except UnicodeDecodeError as err:
         raise ValueError(

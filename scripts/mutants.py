@@ -127,6 +127,17 @@ MUTANTS += (
     ),
 )
 
+INVARIANT_ROWS = "tests/test_precision.py::test_a_slots_row_does_not_depend_on_what_follows_it_or_on_the_batch"
+MUTANTS += (
+    Mutant(
+        "invariant-passes-ignored",
+        "rsd_rerank/session/target_session.py",
+        "        if self.invariant:\n            return self._verify_whole(rs)\n",
+        "        if False:\n            return self._verify_whole(rs)\n",
+        (INVARIANT_ROWS,),
+    ),
+)
+
 BRUTE_FORCE = "tests/test_numeric.py::test_verification_rows_equal_the_brute_force_item_probabilities"
 MUTANTS += (
     Mutant(

@@ -18,4 +18,4 @@ def batched_sessions(
     """One session per group of ``runs.batches`` over ``prompts``, built as the caller reaches it, with the
     indices of its prompts."""
     for group in batches([len(p.token_ids) for p in prompts], batching):
-        yield group, TargetSession.from_prompts(target, [prompts[i] for i in group])
+        yield group, TargetSession.from_prompts(target, [prompts[i] for i in group], batching.batch_invariant)

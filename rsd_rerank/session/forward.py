@@ -74,6 +74,7 @@ class Forward:
         position_ids: torch.Tensor,
         keep: torch.Tensor | int,
         queries: Sequence[int] | None,
+        same_pass: bool = False,
     ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
         """Logits [B, len(keep), V] (float32) at positions ``keep`` of ``input_ids`` [B, n] after ``kv``, the
         cache, and the last hidden states [B, len(keep), H] there (the LM head's input: what prediction
@@ -81,7 +82,9 @@ class Forward:
 
         ``attention_mask`` [B, past + n] (None: nothing padded) and ``position_ids`` [B, n] are explicit
         (padding on both sides). ``queries``: the queries this forward serves, counted as one pass for
-        each; None for work that is not a pass (the prompts' prefill, free generation).
+        each; None for work that is not a pass (the prompts' prefill, free generation). ``same_pass``: a
+        forward that belongs to the previous one's pass (batch-invariant passes run one forward per
+        ranking): its tokens and time are counted, not another pass.
         """
         start = self.clock() if queries is not None else 0.0
         if isinstance(keep, torch.Tensor):
@@ -109,7 +112,10 @@ class Forward:
         finally:
             hook.remove()
         logits = out.logits.float()
-        if queries is not None:
+        if queries is not None and same_pass:
+            self.fed_sequences[-1] += input_ids.shape[0]
+            self.forward_seconds += self.clock() - start
+        elif queries is not None:
             self.passes += 1
             for q in set(queries):
                 self.query_passes[q] += 1

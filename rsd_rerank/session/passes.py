@@ -67,6 +67,17 @@ class Passes:
         """
         raise NotImplementedError
 
+    def whole_pass(self, q: int, rankings: torch.Tensor) -> torch.Tensor:
+        """Batch-invariant verification of query ``q``'s rankings [B, K]: each ranking alone, fed whole after
+        the query's own prompt KV in a forward of one fixed shape, so that every slot's row is a function
+        of the items before it alone, bit for bit, whatever the rest of the ranking, the other queries or
+        the earlier passes. Returns the rows [B, K, K] (slot 0's: ``row0_alone``); one pass in all."""
+        raise NotImplementedError
+
+    def row0_alone(self, q: int) -> torch.Tensor:
+        """[K] query ``q``'s first-slot row computed from its prompt alone (no other query's shapes)."""
+        raise NotImplementedError
+
     def start(self, queries: list[int], row0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For ``stepwise``: the items counted as placed [A, K_max] (padding), the rankings [A, K_max] and the
         rows [A, K_max, K_max] with slot 0's filled."""

@@ -41,6 +41,28 @@ class SingleTokenPasses(Passes):
         queries = torch.arange(len(self.ks), device=self.device)
         return self.rows(torch.stack(self.prompts.last_logits), queries, first=True)
 
+    @functools.cache  # noqa: B019 (a pure function of the prompt, kept as long as the session's passes)
+    def row0_alone(self, q: int) -> torch.Tensor:
+        # The prompt was prefilled alone; its logits are already a function of the prompt only.
+        return self.rows(self.prompts.last_logits[q][None], torch.tensor([q], device=self.device), first=True)[
+            0, : self.ks[q]
+        ]
+
+    def whole_pass(self, q: int, rankings: torch.Tensor) -> torch.Tensor:
+        k, n = self.ks[q], self.prompts.lengths[q]
+        qs = torch.tensor([q], device=self.device)
+        # A contiguous copy: the batch's padded KV has strides that depend on the other prompts.
+        past = [(k_.contiguous(), v_.contiguous()) for k_, v_ in self.prompts.unpadded(q)]
+        row0 = self.row0_alone(q)
+        out = []
+        for b, ranking in enumerate(rankings):
+            tokens = self.slot_tokens(ranking[None, : k - 1], qs, first_slot=0)  # [1, (K-1)*step]
+            positions = n + torch.arange(tokens.shape[1], device=self.device)[None]
+            keep = torch.arange(self.step - 1, tokens.shape[1], self.step)
+            logits, _, _ = self.forward(tokens, [(k_, v_) for k_, v_ in past], None, positions, keep, [q], b > 0)
+            out.append(torch.cat([row0[None], self.rows(logits, qs)[0, :, :k]]))
+        return torch.stack(out)
+
     def rows(self, logits: torch.Tensor, queries: torch.Tensor, first: bool = False) -> torch.Tensor:
         """[B, …, K_max] next-identifier log-distributions of ``logits`` [B, …, V], one sequence per entry of
         ``queries`` [B], over that query's own K identifiers (-inf past its K). ``first``: slot 0's ids."""

@@ -68,15 +68,22 @@ class TargetSession:
         return cls.from_prompts(target, [prompt])
 
     @classmethod
-    def from_prompts(cls, target: Target, prompts: Sequence[Prompt]) -> TargetSession:
-        """A session on Q ready prompts, prefilled together (their K and lengths may differ)."""
+    def from_prompts(cls, target: Target, prompts: Sequence[Prompt], invariant: bool = False) -> TargetSession:
+        """A session on Q ready prompts, prefilled together (their K and lengths may differ).
+
+        ``invariant``: batch-invariant passes (``BatchConfig.batch_invariant``): every verification feeds each
+        ranking whole, alone, in a forward of one shape per query, and the greedy target is the fixed
+        point of such passes. Each slot's row is then a function of the items before it alone, bit for
+        bit, so rankings do not depend on the batch and Theorem 1 holds in any precision.
+        """
         if not prompts:
             raise ValueError("a session needs at least one prompt")
         session = cls.__new__(cls)
-        session._prefill(target, list(prompts))
+        session._prefill(target, list(prompts), invariant)
         return session
 
-    def _prefill(self, target: Target, prompts: list[Prompt]) -> None:
+    def _prefill(self, target: Target, prompts: list[Prompt], invariant: bool = False) -> None:
+        self.invariant = invariant
         self.target = target
         self.prompts = prompts
         self.ks = [p.layout.k for p in prompts]
@@ -201,6 +208,8 @@ class TargetSession:
         """
         held_state = self._held
         rs = {q: as_rankings(r, self.ks[q], self.device) for q, r in rankings.items()}
+        if self.invariant:
+            return self._verify_whole(rs)
         shared = {
             q: [min(shared_prefix(row, held_state.items[q]), self.ks[q] - 1) for row in r.tolist()]
             for q, r in rs.items()
@@ -224,6 +233,39 @@ class TargetSession:
                 held_state.rows[q] = matrices[best]
             out[q] = Verification(rankings=r, matrices=matrices, greedy=greedy, accepted=accepted)
         return out
+
+    def _verify_whole(self, rs: dict[int, torch.Tensor]) -> dict[int, Verification]:
+        """``verify_many`` with batch-invariant passes: each ranking fed whole (``Passes.whole_pass``)."""
+        out = {}
+        for q, r in rs.items():
+            matrices = self._passes.whole_pass(q, r)
+            greedy = greedy_choices(r, matrices)
+            accepted = accepted_length(r, greedy)
+            best = int(accepted.argmax())
+            k = self.ks[q]
+            self._held.items[q], self._held.rows[q], self._held.kv[q] = (
+                tuple(r[best, : k - 1].tolist()),
+                matrices[best],
+                None,
+            )
+            out[q] = Verification(rankings=r, matrices=matrices, greedy=greedy, accepted=accepted)
+        return out
+
+    def _fixed_point(self, q: int) -> list[int]:
+        """The greedy target under batch-invariant passes: the one ranking that verifies whole, found as GSD
+        finds it (at most K-1 passes: each keeps the verified prefix and takes the next slot's choice)."""
+        k = self.ks[q]
+        ranking = self._passes.row0_alone(q).argsort(descending=True, stable=True).tolist()
+        while True:
+            r = torch.tensor([ranking], device=self.device)
+            rows = self._passes.whole_pass(q, r)
+            greedy = greedy_choices(r, rows)[0]
+            i = int(accepted_length(r, greedy[None])[0])
+            if i >= k - 1:
+                return ranking
+            prefix = ranking[:i] + [int(greedy[i])]
+            rest = [j for j in rows[0, i].argsort(descending=True, stable=True).tolist() if j not in prefix]
+            ranking = prefix + rest
 
     def expand(self, prefix: Sequence[int], paths: Sequence[Sequence[int]], query: int = 0) -> Expansion:
         """The head baselines' tree pass (``rsd_rerank.session.heads.expand``); single-token identifiers."""
@@ -257,7 +299,10 @@ class TargetSession:
         memoised for the session's life (``forget(greedy=True)`` drops them)."""
         queries = list(range(len(self.prompts))) if queries is None else list(queries)
         todo = [q for q in queries if q not in self._greedy]
-        if todo:
+        if todo and self.invariant:
+            for q in todo:
+                self._greedy[q] = self._fixed_point(q)
+        elif todo:
             chosen, _ = self._passes.stepwise(todo, None, self._row0)
             for i, q in enumerate(todo):
                 self._greedy[q] = chosen[i, : self.ks[q]].tolist()

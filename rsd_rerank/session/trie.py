@@ -8,6 +8,7 @@ prompt + ranking tokens), and a pass left-pads the pasts and masks everything ex
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -43,6 +44,7 @@ class TriePasses(Passes):
         reads: list[list[Read]],
         queries: list[int] | None,
         root_logits: Sequence[torch.Tensor] | None = None,
+        same_pass: bool = False,
     ) -> tuple[list[list[torch.Tensor]], Callable[[int], KV]]:
         """One forward of B sequences, each its past KV, its own tokens ``paths[b]`` and its reads' branch tokens.
 
@@ -66,7 +68,9 @@ class TriePasses(Passes):
                 values[b, :, lmax - n :] = past[layer][1][0]
             layers.append((keys, values))
         mask = block.additive_mask(self.forward.model.dtype)
-        logits, cache, _ = self.forward(block.input_ids, layers, mask, block.positions, keep=0, queries=queries)
+        logits, cache, _ = self.forward(
+            block.input_ids, layers, mask, block.positions, keep=0, queries=queries, same_pass=same_pass
+        )
         kv = self.forward.kv_of(cache, lmax + block.input_ids.shape[1])
         rows = []
         for b, (own_reads, starts) in enumerate(zip(reads, block.branch_start, strict=True)):
@@ -102,6 +106,33 @@ class TriePasses(Passes):
         for q in queries:
             out[q, : self.ks[q]] = rows[q][0]
         return out
+
+    @functools.cache  # noqa: B019 (a pure function of the prompt, kept as long as the session's passes)
+    def row0_alone(self, q: int) -> torch.Tensor:
+        past = [(k_.contiguous(), v_.contiguous()) for k_, v_ in self.prompts.unpadded(q)]
+        rows, _ = self.tree_pass([past], [[]], [[Read(-1, self.tries[q][0])]], None, [self.prompts.last_logits[q]])
+        return rows[0][0]
+
+    def whole_pass(self, q: int, rankings: torch.Tensor) -> torch.Tensor:
+        k, layout = self.ks[q], self.layouts[q]
+        past = [(k_.contiguous(), v_.contiguous()) for k_, v_ in self.prompts.unpadded(q)]
+        # Every ranking is fed to one length: all K chunks (the last item's too), padded at the end where
+        # slot 0's pieces differ in length from the later ones (nothing reads the padding).
+        extra = max(len(f) - len(lp) for f, lp in zip(layout.first_pieces, layout.later_pieces, strict=True))
+        width = extra + sum(len(lp) for lp in layout.later_pieces) + k * len(self.sep_tokens)
+        row0 = self.row0_alone(q)
+        out = []
+        for b, ranking in enumerate(rankings.tolist()):
+            path: list[int] = []
+            reads: list[Read] = []
+            for slot in range(k):
+                path += self.chunk(q, slot, ranking[slot])
+                if slot < k - 1:
+                    reads.append(Read(len(path) - 1, self.tries[q][1]))
+            path += [self.pad_id] * (width - len(path))
+            rows, _ = self.tree_pass([past], [path], [reads], [q], same_pass=b > 0)
+            out.append(torch.cat([row0[None], torch.stack(rows[0])]))
+        return torch.stack(out)
 
     def verification_pass(
         self, rankings: dict[int, torch.Tensor], shared: dict[int, list[int]], needing: list[int]

@@ -303,9 +303,12 @@ def train(
             stop = min(start + batching.batch_size, (start // config.batch + 1) * config.batch, n_rl)
             chunk = [int(i) for i in order[start:stop]]
             for t, group in _by_target(chunk, train_of):
-                session = _sessions(targets[t], [train_req[i] for i in group], config.prompt, BatchConfig(len(group)))[
-                    0
-                ]
+                session = _sessions(
+                    targets[t],
+                    [train_req[i] for i in group],
+                    config.prompt,
+                    BatchConfig(len(group), None, batching.batch_invariant),
+                )[0]
                 agent.eval()
                 proposers = {
                     q: AgentProposer(agent, _generator(config.seed, 3, epoch, i), greedy_rows=1)
