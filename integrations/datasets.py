@@ -32,7 +32,7 @@ def corpus(source: str | os.PathLike) -> Iterator[tuple[str, str, str]]:
     """
     path = Path(source)
     if path.is_file():
-        with open(path) as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark would stick to the first id
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -76,7 +76,7 @@ def queries(source: str | os.PathLike) -> dict[str, str]:
     path = Path(source)
     if path.is_file():
         topics: dict[str, str] = {}
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
             if not line.strip():
                 continue
             qid, tab, text = line.partition("\t")

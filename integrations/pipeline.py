@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from rsd_rerank.files import run_destination, swap_in
+from rsd_rerank.files import discard_staging, run_destination, swap_in
 from rsd_rerank.integrations.measures import evaluate
 from rsd_rerank.integrations.rank_llm import Reranked, rerank_windowed
 from rsd_rerank.methods import DecodingConfig
@@ -265,7 +265,11 @@ def pipeline(
     todo = {q: t for q, t in topics.items() if q not in done}
     runs, requests = candidate_requests(index, todo, hits, rerank_top) if todo else ({}, [])
     windows = replace(windows, rerank_top=rerank_top)
-    run = rerank_into_run(engine, requests, runs, destination, decoding, prompt, batching, windows, done)
+    try:
+        run = rerank_into_run(engine, requests, runs, destination, decoding, prompt, batching, windows, done)
+    except BaseException:
+        discard_staging(destination, output)
+        raise
     swap_in(destination, output)
     metrics, unjudged = None, []
     evaluated = evaluate(qrels, {qid: dict(found) for qid, found in run.items()}, measures)

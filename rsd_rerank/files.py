@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["atomic_write", "check_writable", "distinct_paths", "locked", "replacing"]
 
@@ -180,7 +183,18 @@ def run_destination(output: str | os.PathLike, resume: bool, overwrite: bool) ->
         raise ValueError(
             f"{output} exists; pass --resume to continue it, --overwrite to replace it, or choose another --output"
         )
-    return output.with_name(f".{output.name}.new") if overwrite and output.exists() else output
+    staging = output.with_name(f".{output.name}.new")
+    if staging.exists() and not overwrite:
+        # An interrupted --overwrite's unfinished replacement: the run it was for is not being made now.
+        log.warning("removing %s, the unfinished replacement of an interrupted --overwrite", staging)
+        staging.unlink()
+    return staging if overwrite and output.exists() else output
+
+
+def discard_staging(destination: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Delete ``destination`` where it is a hidden replacement of ``output`` (a failed --overwrite leaves nothing)."""
+    if Path(destination) != Path(output):
+        Path(destination).unlink(missing_ok=True)
 
 
 def swap_in(fresh: str | os.PathLike, output: str | os.PathLike) -> None:

@@ -336,6 +336,9 @@ def _load_template(name_or_path: str) -> tuple[dict[str, str], bool]:
             f"prompt template {path} asks for rankings matching {output or 'nothing'!r}; the session can "
             f"teacher-force only '[B] > [A] > …' ({_ALPHA_OUTPUT}) or '[2] > [1] > …' ({_NUMERIC_OUTPUT})"
         )
+    # Without {query} in the prefix or suffix the prompt would hold no query at all, and rank nothing.
+    if not any("{query}" in str(template.get(part) or "") for part in ("prefix", "suffix")):
+        raise ValueError(f"prompt template {path} has no {{query}} placeholder in its prefix or suffix")
     return template, output == _NUMERIC_OUTPUT
 
 
@@ -450,7 +453,16 @@ def build_prompt(
     key = prompt_cache.prompt_key(template, tokenizer, settings, query, docs)
     entry = prompt_cache.load(key)
     if entry is not None:
-        return Prompt.from_json(entry)
+        try:
+            return Prompt.from_json(entry)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            # Valid JSON of another shape ({"ids": …}, []) is as damaged as a truncated file: rebuilt.
+            log.warning(
+                "prompt cache entry %s is not a prompt (%s: %s); building the prompt again",
+                prompt_cache.entry_path(key),
+                type(err).__name__,
+                err,
+            )
     prompt = _fitted_prompt(tokenizer, query, docs, config, max_tokens, _handler(template), numeric)
     prompt_cache.store(key, prompt.to_json())
     return prompt

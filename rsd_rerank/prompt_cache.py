@@ -58,14 +58,15 @@ def prompt_key(template: dict, tokenizer, settings: dict[str, Any], query: str, 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _path(key: str) -> Path:
+def entry_path(key: str) -> Path:
+    """The file that holds ``key``'s entry."""
     return folder() / key[:2] / f"{key}.json"
 
 
 def load(key: str) -> dict | None:
     """The stored entry for ``key``, or None where there is none (or one that cannot be read: it is
     rebuilt and replaced, with a warning naming the file)."""
-    path = _path(key)
+    path = entry_path(key)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -80,7 +81,7 @@ def store(key: str, entry: dict) -> None:
     disk) costs only speed: the prompt is returned all the same, and a warning names the folder once."""
     global _unwritable
     try:
-        atomic_write(_path(key), json.dumps(entry) + "\n")
+        atomic_write(entry_path(key), json.dumps(entry) + "\n")
     except OSError as err:
         if not _unwritable:
             log.warning("prompts are not cached: %s (set RSD_RERANK_CACHE to a writable folder)", err)

@@ -364,7 +364,41 @@ def random_llama_spec(name: str) -> dict | None:
             spec[argument] = kind(value)
         except ValueError as err:
             raise ValueError(f"--model {name}: {key}={value!r} is not {kind.__name__}") from err
+    _check_random_llama(name, spec)
     return spec
+
+
+RANDOM_LLAMA_MAX_PARAMETERS = 2_000_000_000
+"""The largest random Llama a name may ask for (8 GB of fp32 weights): beyond, a typo such as
+layers=100000 would take all memory before any error."""
+
+
+def _check_random_llama(name: str, spec: dict) -> None:
+    """Bounds of a ``random-llama:…`` spec, checked before any weight is drawn.
+
+    Raises:
+        ValueError: layers < 1, a hidden size that the 4 attention heads (head size even, for rotary
+            positions) do not divide, a negative or non-finite init, or more than
+            ``RANDOM_LLAMA_MAX_PARAMETERS`` weights.
+    """
+    import math
+
+    layers = spec.get("num_hidden_layers", 4)
+    hidden = spec.get("hidden_size", 256)
+    init = spec.get("initializer_range", 0.1)
+    if layers < 1:
+        raise ValueError(f"--model {name}: layers must be >= 1, got {layers}")
+    if hidden < 8 or hidden % 8:
+        raise ValueError(f"--model {name}: hidden must be a multiple of 8 (4 heads of an even size), got {hidden}")
+    if not math.isfinite(init) or init < 0:
+        raise ValueError(f"--model {name}: init must be a finite number >= 0, got {init}")
+    vocabulary = 49152  # SmolLM2's; a BPE tokenizer built in code is smaller
+    parameters = 2 * vocabulary * hidden + layers * 9 * hidden * hidden
+    if parameters > RANDOM_LLAMA_MAX_PARAMETERS:
+        raise ValueError(
+            f"--model {name}: about {parameters / 1e9:.1f}B weights; random-llama is capped at "
+            f"{RANDOM_LLAMA_MAX_PARAMETERS / 1e9:.0f}B (lower layers or hidden)"
+        )
 
 
 def random_llama(

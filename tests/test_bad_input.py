@@ -537,3 +537,110 @@ def test_write_errors_name_the_file_and_a_read_only_model_cache_names_the_fix(tm
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(RuntimeError, match=r"model cache .*cache/models is not writable .*set RSD_RERANK_CACHE"):
         embedded_model_dir()
+
+
+# Issue #31: the last 11 probes
+
+
+@pytest.mark.parametrize(
+    "spec, named",
+    [
+        ("layers=100000", "random-llama is capped at 2B"),
+        (f"hidden={10**9}", "random-llama is capped at 2B"),
+        ("hidden=6", "hidden must be a multiple of 8"),
+        ("init=-0.1", "init must be a finite number >= 0"),
+        ("init=nan", "init must be a finite number >= 0"),
+        ("layers=0", "layers must be >= 1"),
+    ],
+)
+def test_random_llama_bounds_are_checked_by_name_before_any_work(tmp_path, requests_file, capsys, spec, named):
+    out = tmp_path / "out" / "run.trec"
+    out.parent.mkdir()
+    args = ["rerank", "--model", f"random-llama:{spec}", "--requests", str(requests_file), "--output", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--model random-llama:{spec}" in err and named in err
+    assert list(out.parent.iterdir()) == []  # no lock, no run
+
+
+@pytest.mark.parametrize("content", ['{"ids": [1, 2]}', "[]", '"text"', '{"messages": 3}'])
+def test_a_prompt_cache_entry_of_another_shape_is_rebuilt_with_a_warning(smollm2, query_docs, content, caplog):
+    from rsd_rerank import prompt_cache
+    from rsd_rerank.prompt import PromptConfig, build_prompt
+
+    query, docs = query_docs[0]
+    config = PromptConfig(max_passage_words=7)
+    good = build_prompt(smollm2.tokenizer, query, docs, config)
+    paths = sorted(prompt_cache.folder().glob("*/*.json"), key=lambda p: p.stat().st_mtime)
+    paths[-1].write_text(content)
+    assert build_prompt(smollm2.tokenizer, query, docs, config).token_ids == good.token_ids
+    assert "is not a prompt" in caplog.text and paths[-1].name in caplog.text
+    assert json.loads(paths[-1].read_text())["token_ids"] == good.token_ids  # stored again, whole
+
+
+def test_rank_llm_says_why_it_stops_on_a_missing_requests_file(tmp_path, capsys):
+    missing = tmp_path / "req" / "nope.jsonl"
+    args = ["rank-llm", "rerank", "--model-path", "rsd:random-llama", "--requests-file", str(missing)]
+    assert main([*args, "--output-trec-file", str(tmp_path / "t.trec")]) == 2
+    assert f"--requests-file {missing}: no such file" in capsys.readouterr().err
+
+
+def test_a_template_without_the_query_placeholder_is_refused(tmp_path, requests_file, capsys):
+    import yaml
+
+    from rsd_rerank.prompt import template_path
+
+    template = yaml.safe_load(template_path("rank_zephyr_alpha_template.yaml").read_text())
+    del template["prefix"], template["suffix"]
+    path = tmp_path / "noquery.yaml"
+    path.write_text(yaml.safe_dump(template))
+    assert _rerank(requests_file, tmp_path / "run.trec", "--template", str(path)) == 2
+    assert "has no {query} placeholder in its prefix or suffix" in capsys.readouterr().err
+
+
+def _run_inputs(tmp_path, run_text: str, texts: dict[str, str]):
+    run, topics, corpus = tmp_path / "in.trec", tmp_path / "topics.tsv", tmp_path / "c.jsonl"
+    run.write_bytes(run_text.encode("utf-8"))
+    topics.write_text("1\tdo proteins fold\n")
+    corpus.write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in texts.items()))
+    return ["rerank", "--model", "random-llama", "--method", "std", "--run", str(run), "--topics", str(topics),
+            "--corpus", str(corpus), "--output", str(tmp_path / "out.trec")]  # fmt: skip
+
+
+def test_textless_hits_of_a_run_get_the_request_files_warning(tmp_path, caplog):
+    lines = "".join(f"1 Q0 d{i} {i + 1} {10 - i} bm25\n" for i in range(4))
+    args = _run_inputs(tmp_path, lines, {"d0": "proteins fold", "d1": "", "d2": "cells", "d3": " "})
+    assert main(args) == 0
+    assert "2 candidates in 1 requests have no text" in caplog.text
+    assert len((tmp_path / "out.trec").read_text().splitlines()) == 4
+
+
+def test_a_byte_order_mark_is_dropped_from_a_run(tmp_path, caplog):
+    lines = "\ufeff" + "".join(f"1 Q0 d{i} {i + 1} {10 - i} bm25\n" for i in range(3))
+    args = _run_inputs(tmp_path, lines, {"d0": "proteins fold", "d1": "cells", "d2": "genes"})
+    assert main([*args, "--keep-missing"]) == 0
+    qids = {line.split()[0] for line in (tmp_path / "out.trec").read_text().splitlines()}
+    assert qids == {"1"} and "no topic" not in caplog.text
+
+
+def test_a_failed_finetune_overwrite_leaves_nothing_beside_its_folder(tmp_path, requests_file, capsys):
+    out = tmp_path / "companion"
+    out.mkdir()
+    (out / "heads.json").write_text("{}")
+    args = ["finetune", "--model", "random-llama", "--method", "first-ft", "--requests", str(requests_file),
+            "--template", "rank_zephyr_template.yaml", "--out", str(out), "--overwrite"]  # fmt: skip
+    assert main(args) == 2
+    assert "single-token identifiers" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["companion", "requests.jsonl"]
+    assert (out / "heads.json").read_text() == "{}"
+
+
+def test_an_interrupted_overwrites_staging_file_is_cleaned_by_the_next_run(tmp_path, requests_file, caplog):
+    out = tmp_path / "run.trec"
+    staging = tmp_path / ".run.trec.new"
+    staging.write_text("1 Q0 half 1 1 x\n")  # what a killed --overwrite leaves
+    assert _rerank(requests_file, out) == 0
+    assert not staging.exists() and "unfinished replacement" in caplog.text
+    staging.write_text("1 Q0 half 1 1 x\n")
+    assert _rerank(requests_file, out, "--overwrite") == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
