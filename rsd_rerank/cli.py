@@ -26,6 +26,7 @@ from rsd_rerank.registry import BUDGETED, METHODS, REGISTRY
 from rsd_rerank.runs import BatchConfig, WindowConfig
 from rsd_rerank.targets import DTYPES, Target, TargetConfig
 from rsd_rerank.training.baselines import FINETUNED, FinetuneConfig
+from rsd_rerank.training.reranker import LOSSES, TEACHERS
 from rsd_rerank.training.rpo import ADVANTAGES
 from rsd_rerank.training.trainer import TrainConfig
 
@@ -36,7 +37,7 @@ log = logging.getLogger("rsd_rerank")
 # Options built from the config dataclasses (their defaults and field docstrings are the only source).
 TARGET_FIELDS = ("model", "device", "dtype", "device_map")
 PROMPT_FIELDS = ("template", "max_passage_words", "context_size")
-BATCH_FIELDS = ("batch_size", "max_batch_tokens")
+BATCH_FIELDS = ("batch_size", "max_batch_tokens", "batch_invariant")
 WINDOW_FIELDS = ("rerank_top", "window_size", "stride")
 SCALE_FIELDS = ("workers", "ray_address", "connect_timeout")
 DECODING_FIELDS = ("method", "budget", "agent", "ranker")
@@ -51,6 +52,12 @@ FINETUNE_FIELDS = (
     "save_every",
     "snapshot_every",
     "seed",
+    "teacher",
+    "loss",
+    "lm_weight",
+    "list_sizes",
+    "foreign",
+    "validate_every",
 )
 AGENT_FIELDS = ("network", "features", "temperature", "hidden", "layers", "heads")
 TRAIN_FIELDS = (
@@ -75,6 +82,8 @@ CHOICES = {
     "advantage": ADVANTAGES,
     "dtype": DTYPES,
     "device_map": ("auto",),
+    "teacher": TEACHERS,
+    "loss": LOSSES,
 }
 GENERATED_HELP = {(DecodingConfig, "method"): "; ".join(f"{m.name}: {m.help}" for m in REGISTRY.values())}
 """Help read from a registry rather than a field's docstring (the methods' table is ``rsd_rerank.registry``)."""
@@ -237,7 +246,7 @@ def _print_reranked(batch: list) -> None:
 
 
 def _cmd_rerank(args: argparse.Namespace) -> None:
-    from rsd_rerank.files import run_destination, swap_in
+    from rsd_rerank.files import discard_staging, run_destination, swap_in
     from rsd_rerank.integrations.pipeline import RunRequests, rerank_into_run, resumable
     from rsd_rerank.runs import read_run_requests
 
@@ -257,20 +266,24 @@ def _cmd_rerank(args: argparse.Namespace) -> None:
     counts = {q: len(h) for q, h in hits.items()}
     done = resumable(output, decoding.run_tag, lambda qids: counts) if args.resume and output.exists() else {}
     todo = [r for r in made.requests if str(r.query.qid) not in done]
-    with _engine(args) as engine:
-        run = rerank_into_run(
-            engine,
-            todo,
-            hits,
-            destination,
-            decoding,
-            prompt,
-            _batch_config(args),
-            windows,
-            {**made.as_is, **done},
-            made.fixed,
-            on_batch=_print_reranked,
-        )
+    try:
+        with _engine(args) as engine:
+            run = rerank_into_run(
+                engine,
+                todo,
+                hits,
+                destination,
+                decoding,
+                prompt,
+                _batch_config(args),
+                windows,
+                {**made.as_is, **done},
+                made.fixed,
+                on_batch=_print_reranked,
+            )
+    except BaseException:
+        discard_staging(destination, output)
+        raise
     swap_in(destination, output)
     lines = sum(len(h) for h in run.values())
     print(f"wrote {lines} lines for {len(run)} queries to {output} ({len(todo)} reranked now, {len(done)} resumed)")
@@ -280,7 +293,7 @@ def _run_requests(args: argparse.Namespace, windows: WindowConfig):
     """Requests from ``--run`` with topics from ``--topics``/``--dataset`` and texts from ``--index``/``--corpus``/``--dataset``."""
     from rsd_rerank.integrations import datasets
     from rsd_rerank.integrations.pipeline import run_requests
-    from rsd_rerank.runs import read_run
+    from rsd_rerank.runs import read_run, warn_textless
 
     if not (args.topics or args.dataset):
         raise ValueError("--run needs the queries' texts: --topics FILE (qid<TAB>text) or --dataset IRDS_ID")
@@ -299,7 +312,9 @@ def _run_requests(args: argparse.Namespace, windows: WindowConfig):
         contents_of = lambda docids: stored_contents(args.index, docids)  # noqa: E731
     else:
         contents_of = lambda docids: datasets.doc_contents(args.corpus or args.dataset, docids)  # noqa: E731
-    return run_requests(hits, topics, contents_of, windows.rerank_top, args.keep_missing), hits
+    made = run_requests(hits, topics, contents_of, windows.rerank_top, args.keep_missing)
+    warn_textless(f"--run {args.run}", made.requests)  # hits whose stored text is empty, as in request files
+    return made, hits
 
 
 def _cmd_rank_llm(args: argparse.Namespace) -> None:
@@ -313,8 +328,11 @@ def _cmd_rank_llm(args: argparse.Namespace) -> None:
     for flag, value in zip(words, words[1:], strict=False):
         if flag == "--model-path" and value.startswith(PREFIX):  # refused here, offline, before RankLLM starts
             check_target_name(value[len(PREFIX) :] or None)
+        if flag == "--requests-file" and not Path(value).is_file():  # RankLLM exits 5 on it without a word
+            raise ValueError(f"--requests-file {value}: no such file")
     code = run_rank_llm(args.rank_llm_args, _decoding_config(args), args.device, args.dtype)
     if code:
+        print(f"rsd-rerank rank-llm: RankLLM's CLI exited with status {code}", file=sys.stderr)
         raise SystemExit(code)
 
 
@@ -532,11 +550,22 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from rsd_rerank.training.baselines import finetune
 
     requests = read_requests(args.requests)[: args.queries]
+    validation = read_requests(args.val_requests) if args.val_requests else None
     config = config_from(FinetuneConfig, args, FINETUNE_FIELDS, method=args.method)
+    if validation and not (config.method == "reranker" and config.validate_every):
+        raise ValueError("--val-requests goes with --method reranker and --validate-every N")
     target = _load_target(args)
     out = Path(args.out) if args.out else companion_dir(target, config.method)
     summary = finetune(
-        target, requests, config, out, _prompt_config(args), _batch_config(args), args.resume, args.overwrite
+        target,
+        requests,
+        config,
+        out,
+        _prompt_config(args),
+        _batch_config(args),
+        args.resume,
+        args.overwrite,
+        validation,
     )
     print(json.dumps(summary, indent=2, default=str))
     print(f"wrote {config.method} to {out}")
@@ -674,6 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=FINETUNED, help="what to train")
     p.add_argument("--requests", required=True, help="training requests (RankLLM JSONL); never the test queries")
     p.add_argument("--queries", type=at_least(1), default=None, help="only the first N requests")
+    p.add_argument(
+        "--val-requests", help="reranker: held-out training requests for the learning curve (with --validate-every)"
+    )
     p.add_argument("--out", help="folder (default: where the methods look, <cache>/baselines/<target>/<method>)")
     add_config_options(p, FinetuneConfig, FINETUNE_FIELDS)
     p.add_argument("--resume", action="store_true", help="continue an interrupted LoRA run in --out")
@@ -691,6 +723,7 @@ def _inputs_and_outputs(args: argparse.Namespace) -> tuple[list, list[tuple[Path
         get("topics"),
         get("qrels"),
         get("corpus"),
+        get("val_requests"),
     ]
     outputs: list[tuple[Path, bool]] = []
     if args.command in ("rerank", "retrieve", "pipeline"):

@@ -10,15 +10,27 @@ the prefix scores 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+from itertools import combinations
 
 import numpy as np
 
 from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.metrics import kendall_tau
+from rsd_rerank.prompt import PromptConfig, request_prompts
 from rsd_rerank.session import TargetSession
 
-__all__ = ["SWAPS", "claim_difficulty", "prefix_dependence"]
+__all__ = [
+    "SWAPS",
+    "claim_difficulty",
+    "content_figures",
+    "greedy_ranker",
+    "letter_kt",
+    "prefix_dependence",
+    "shuffle_order",
+]
 
 SWAPS: tuple[tuple[int, int], ...] = ((0, 1), (1, 3), (2, 5))
 """The early slot pairs swapped by ``prefix_dependence`` (those of ``shared/targets.md``)."""
@@ -75,3 +87,63 @@ def claim_difficulty(session: TargetSession, query: int = 0, budgets: Sequence[i
     session.forget()
     record["prefix_changed"], record["prefix_compared"] = prefix_dependence(session, greedy, query)
     return record
+
+
+def shuffle_order(k: int, seed: int, qid: str) -> list[int]:
+    """A seeded random order of a request's K candidates (a function of seed and qid only)."""
+    order = list(range(k))
+    random.Random(f"content:{seed}:{qid}").shuffle(order)
+    return order
+
+
+def letter_kt(rankings: Sequence[Sequence[int]]) -> float:
+    """Mean KT between different claims' rankings *as identifiers* (positions in each one's own list),
+    over every pair of equal length: about 0 for a model that ranks by content on shuffled lists,
+    near 1 for one that writes the same letters in the same order whatever the passages."""
+    pairs = [(a, b) for a, b in combinations(rankings, 2) if len(a) == len(b)]
+    return float(np.mean([_kt(a, b) for a, b in pairs])) if pairs else float("nan")
+
+
+def greedy_ranker(target, config: PromptConfig, batch: int = 8) -> Callable[[Sequence], list[list[int]]]:
+    """The target's greedy ranking of each request (indices into its candidates), ``batch`` prompts a session."""
+
+    def rank_requests(requests: Sequence) -> list[list[int]]:
+        prompts = request_prompts(target.tokenizer, requests, config, target.max_positions)
+        out: list[list[int]] = []
+        for start in range(0, len(prompts), batch):
+            found = TargetSession.from_prompts(target, prompts[start : start + batch]).greedy_rankings()
+            out += [found[q] for q in range(len(found))]
+        return out
+
+    return rank_requests
+
+
+def content_figures(
+    rank_requests: Callable[[Sequence], list[list[int]]], requests: Sequence, seeds: tuple[int, int] = (1, 2)
+) -> dict:
+    """Whether a ranker (``greedy_ranker`` for a target) reads its passages: per request its ranking as
+    given and under two seeded shuffles of its candidates, all as indices into the given order.
+
+    Returns ``greedy`` (as given), ``shuffled`` (the first shuffle's ranking as identifiers),
+    ``shuffle_kt`` (per request, KT between the two shuffles' rankings as documents: 1 for a model
+    that ranks by content, about 0 for a letter habit), and ``letter_kt`` (``letter_kt`` of the
+    first shuffle's rankings as identifiers).
+    """
+    orders = [
+        [list(range(len(r.candidates))), *(shuffle_order(len(r.candidates), s, str(r.query.qid)) for s in seeds)]
+        for r in requests
+    ]
+    variants = [
+        dataclasses.replace(r, candidates=[r.candidates[i] for i in order])
+        for r, os in zip(requests, orders, strict=True)
+        for order in os
+    ]
+    ranked = rank_requests(variants)
+    given, letters, shuffle_kts = [], [], []
+    for j, os in enumerate(orders):
+        rankings = ranked[3 * j : 3 * j + 3]
+        docs = [[order[i] for i in ranking] for order, ranking in zip(os, rankings, strict=True)]
+        given.append(docs[0])
+        letters.append(rankings[1])
+        shuffle_kts.append(_kt(docs[1], docs[2]))
+    return {"greedy": given, "shuffled": letters, "shuffle_kt": shuffle_kts, "letter_kt": letter_kt(letters)}

@@ -142,8 +142,18 @@ def test_finetune_makes_heads_through_the_cli_and_keeps_a_finished_one(train_req
     assert main([*argv, "--overwrite"]) == 0
 
 
-# ``reranker`` as scripts/train_reranker.sh makes smollm2-reranker (bf16 autocast, snapshots), on the top layer only.
-RERANKER_RUN = {"lora_layers": 1, "bf16_autocast": True, "snapshot_every": 2}
+# ``reranker`` as scripts/train_reranker.sh makes smollm2-reranker (bf16 autocast, snapshots, ListMLE, the fusion
+# teacher, short and easy lists first, a learning curve), on the top layer only.
+RERANKER_RUN = {
+    "lora_layers": 1,
+    "bf16_autocast": True,
+    "snapshot_every": 2,
+    "loss": "listmle",
+    "teacher": "fusion",
+    "list_sizes": "5,8",
+    "foreign": "2,0",
+    "validate_every": 3,
+}
 
 
 @pytest.mark.parametrize("method", ["first-ft", "reranker"])
@@ -155,7 +165,8 @@ def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(
     requests = read_requests(train_requests)
     prompt = PromptConfig(max_passage_words=20)
     config = FinetuneConfig(method, epochs=2, save_every=1, **(RERANKER_RUN if method == "reranker" else {}))
-    finetune(tiny_llama, requests, config, tmp_path / "whole", prompt)
+    validation = requests[:2] if method == "reranker" else None
+    finetune(tiny_llama, requests, config, tmp_path / "whole", prompt, validation=validation)
     step, calls = torch.optim.Adam.step, []
 
     def dies_at_the_fourth(self, *args, **kwargs):
@@ -167,12 +178,12 @@ def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(
     with monkeypatch.context() as patched:
         patched.setattr(torch.optim.Adam, "step", dies_at_the_fourth)
         with pytest.raises(KeyboardInterrupt):
-            finetune(tiny_llama, requests, config, tmp_path / "cut", prompt)
+            finetune(tiny_llama, requests, config, tmp_path / "cut", prompt, validation=validation)
     with pytest.raises(ValueError, match="--resume"):
         finetune(tiny_llama, requests, config, tmp_path / "cut", prompt)
     with pytest.raises(ValueError, match="training queries"):
         finetune(tiny_llama, requests[:2], config, tmp_path / "cut", prompt, resume=True)
-    finetune(tiny_llama, requests, config, tmp_path / "cut", prompt, resume=True)
+    finetune(tiny_llama, requests, config, tmp_path / "cut", prompt, resume=True, validation=validation)
     whole = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
     cut = load_file(str(tmp_path / "cut" / "adapter" / "adapter_model.safetensors"))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
@@ -181,6 +192,11 @@ def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(
     if method == "reranker":  # LoRA on the top layer only, and a snapshot every 2 of the 6 steps
         assert {k.split(".layers.")[1].split(".")[0] for k in cut} == {"1"}
         assert sorted(p.name for p in (tmp_path / "cut" / "snapshots").iterdir()) == ["step-2", "step-4", "step-6"]
+        # The learning curve: the content figures at steps 3 and 6, the same after the kill as without it.
+        curve = [json.loads(line) for line in (tmp_path / "cut" / "curve.jsonl").read_text().splitlines()]
+        assert [row["step"] for row in curve] == [3, 6] and curve == meta["curve"]
+        assert curve == json.loads((tmp_path / "whole" / "ranker.json").read_text())["curve"]
+        assert {"shuffle_kt", "letter_kt", "kt_teacher", "kt_request_order"} <= set(curve[0])
 
 
 def test_compare_runs_every_baseline_with_its_companion(tiny_llama, train_requests, companions, tmp_path):

@@ -110,3 +110,68 @@ def test_the_shipped_reranker_loads_offline_and_ranks_reproducibly(reranker, smo
 
     assert kendall_tau(np.array([first]), np.array([meta["example_greedy"]]))[0] >= 0.9
     assert first != TargetSession.from_request(smollm2, request, config).greedy_ranking()
+
+
+# The content-driven recipe (issue #30): ListMLE on the identifiers, easy lists first, content checks.
+
+
+def test_listmle_is_plackett_luce_over_the_unranked_identifiers(smollm2):
+    from rsd_rerank.prompt import ranking_layout
+    from rsd_rerank.training.reranker import identifier_positions, listmle_loss
+
+    layout = ranking_layout(smollm2.tokenizer, 4)
+    sigma = [2, 0, 3, 1]
+    n = len(layout.tokens(sigma)) - len(layout.head) + 1
+    logits = torch.randn(n, smollm2.model.config.vocab_size, generator=torch.Generator().manual_seed(1))
+    at = identifier_positions(layout, 4)
+    expected = []
+    for s in range(3):  # the last slot has one item left
+        ids = layout.first_ids if s == 0 else layout.later_ids
+        left = [i for i in range(4) if i not in sigma[:s]]
+        scores = logits[at[s], [ids[i] for i in left]]
+        expected.append(-(scores[left.index(sigma[s])] - torch.logsumexp(scores, 0)))
+    assert torch.allclose(listmle_loss(logits, layout, sigma), torch.stack(expected).mean())
+    assert torch.allclose(listmle_loss(logits, layout, sigma, scored=1), expected[0])
+
+
+def test_easy_lists_put_other_claims_passages_last_and_reshuffle_every_epoch(smollm2, train_requests):
+    from rsd_rerank.training.baselines import FinetuneConfig
+    from rsd_rerank.training.reranker import RerankerExamples
+
+    requests = read_requests(train_requests)
+    config = FinetuneConfig("reranker", teacher="fusion", list_sizes="5,8", foreign="3,0")
+    examples = RerankerExamples(smollm2.tokenizer, requests, PromptConfig(max_passage_words=10), config, None)
+    own = {str(c.docid) for c in requests[1].candidates}
+    shown, n_own = examples.training_list(0, 1)
+    prompt, sigma, scored = examples.example(0, 1)
+    docids = [str(c.docid) for c in shown.candidates]
+    assert prompt.layout.k == len(docids) == 5 and scored == n_own == 2
+    assert [docids[j] in own for j in sigma] == [True, True, False, False, False]  # own first, then the foreign
+    first, second = (examples.scores[1][docids[j]] for j in sigma[:2])
+    assert first >= second  # by the teacher's score
+    assert examples.example(0, 1)[0].token_ids == prompt.token_ids  # seeded
+    later, n_later = examples.training_list(1, 1)
+    assert len(later.candidates) == n_later == 8 and {str(c.docid) for c in later.candidates} <= own
+    assert examples.training_list(2, 1)[0].candidates != later.candidates  # reshuffled every epoch
+
+
+@pytest.mark.parametrize(
+    "ranker, consistent",
+    [("content", True), ("letters", False)],
+)
+def test_shuffle_consistency_tells_content_from_a_letter_habit(train_requests, ranker, consistent):
+    from rsd_rerank.difficulty import content_figures
+
+    def by_content(requests):  # ranks passages by their text: the same documents win in any order
+        return [sorted(range(len(r.candidates)), key=lambda i: str(r.candidates[i].doc)) for r in requests]
+
+    def by_letter(requests):  # the same letters in the same order whatever the passages
+        return [list(range(len(r.candidates)))[::-1] for r in requests]
+
+    requests = read_requests(train_requests)
+    figures = content_figures(by_content if ranker == "content" else by_letter, requests)
+    mean = sum(figures["shuffle_kt"]) / len(figures["shuffle_kt"])
+    if consistent:
+        assert mean == 1.0 and figures["letter_kt"] < 0.6
+    else:
+        assert abs(mean) < 0.5 and figures["letter_kt"] == 1.0

@@ -20,18 +20,27 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from rsd_rerank.companions import MEDUSA_HEADS, Heads, save_heads
 from rsd_rerank.config import bounded, check_ranges
 from rsd_rerank.files import atomic_write, replace_folder, replacing
-from rsd_rerank.prompt import PromptConfig, request_prompts, shown_passages
+from rsd_rerank.metrics import kendall_tau
+from rsd_rerank.prompt import PromptConfig, request_prompts
 from rsd_rerank.registry import FINETUNES, HEADS
 from rsd_rerank.runs import BatchConfig, batches
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, cache_dir, weights_fingerprint
-from rsd_rerank.training.reranker import shuffled_requests, similarity_rankings
+from rsd_rerank.training.reranker import (
+    LOSSES,
+    TEACHERS,
+    RerankerExamples,
+    foreign_counts,
+    list_sizes,
+    listmle_loss,
+)
 
 __all__ = ["FINETUNED", "FinetuneConfig", "finetune"]
 
@@ -40,7 +49,7 @@ log = logging.getLogger(__name__)
 FINETUNED = (*FINETUNES, "reranker")
 """What ``finetune`` makes: heads for ``blockwise`` / ``medusa``, LoRA rankers for ``first-ft`` / ``rankzephyr-ft``
 (on the target's own greedy rankings), and ``reranker``: a LoRA that makes the target a content-driven listwise
-reranker (shuffled candidates, wordllama similarity as the teacher; ``training.reranker``)."""
+reranker (candidates reshuffled every epoch, a content teacher; ``training.reranker``)."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +78,28 @@ class FinetuneConfig:
     """LoRA: also keep the adapter every N steps in ``<out>/snapshots/step-N`` (to choose one on validation claims; 0: none)."""
     seed: int = 0
     """Fixes the shuffling (and so the whole run)."""
+    teacher: str = "wordllama"
+    """``reranker``: the content order it is taught (wordllama: similarity of claim and shown passage; fusion: that fused with the request's BM25 order)."""
+    loss: str = "sft"
+    """``reranker``: sft (next-token loss on the answer) or listmle (Plackett–Luce on the identifier logits at every slot + lm-weight × sft)."""
+    lm_weight: float = 0.1
+    """``reranker`` with ``--loss listmle``: weight of the next-token loss that keeps the format."""
+    list_sizes: str = ""
+    """``reranker``: candidates per list in epoch 1, 2, … (e.g. 5,10,20; the last repeats; a seeded subset of each request); empty: whole requests."""
+    foreign: str = ""
+    """``reranker``: passages from other claims' lists per list in epoch 1, 2, … (e.g. 3,5,0; with --list-sizes; the last repeats): easy lists first."""
+    validate_every: int = bounded(0, 0)
+    """``reranker``: content figures on the validation requests every N steps, into ``<out>/curve.jsonl`` (0: never)."""
 
     def __post_init__(self):
         check_ranges(self)
         if self.method not in FINETUNED:
             raise ValueError(f"finetune makes {', '.join(FINETUNED)}, not {self.method!r}")
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"--teacher must be one of {', '.join(TEACHERS)}, not {self.teacher!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        foreign_counts(self.foreign, list_sizes(self.list_sizes))
 
 
 def _teacher(
@@ -186,23 +212,43 @@ def _ranking_loss(first_logits: torch.Tensor, sigma: list[int]) -> torch.Tensor:
     return (weight * pair).sum() / weight.sum()
 
 
-def _train_lora(
-    target: Target, prompts: list, teacher: list[dict[str, torch.Tensor]], config: FinetuneConfig, out: Path
-) -> dict:
+class _GreedyExamples:
+    """The companions' examples: every epoch, query i's prompt and the target's own greedy ranking."""
+
+    def __init__(self, prompts: list, teacher: list[dict[str, torch.Tensor]]):
+        self.prompts, self.teacher = prompts, teacher
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps([list(p.token_ids) for p in self.prompts]).encode()).hexdigest()[:16]
+
+    def example(self, epoch: int, i: int) -> tuple:
+        sigma = self.teacher[i]["target"].tolist()
+        return self.prompts[i], sigma, len(sigma)
+
+    def single_token(self) -> bool:
+        return all(p.layout.single_token for p in self.prompts)
+
+
+def _train_lora(target: Target, examples, config: FinetuneConfig, out: Path, validate=None) -> dict:
+    """LoRA on ``examples`` (``example(epoch, i)`` → prompt and teacher ranking), one query a step,
+    checkpointed every ``save_every`` steps; ``validate(model)`` → figures every ``validate_every``
+    steps, kept in the checkpoint and in ``<out>/curve.jsonl``."""
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-    for p in prompts:
-        if not p.layout.single_token:
-            raise ValueError("fine-tuned first-identifier rankers need single-token identifiers (a letters template)")
+    if not examples.single_token():
+        raise ValueError("fine-tuned first-identifier rankers need single-token identifiers (a letters template)")
     torch.manual_seed(config.seed)  # LoRA's A matrices are drawn here
     model = get_peft_model(copy.deepcopy(target.model).float().train(), _lora_config(target, config))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     checkpoint = out / "checkpoint.pt"
     generator = torch.Generator().manual_seed(config.seed)
-    orders = [torch.randperm(len(prompts), generator=generator).tolist() for _ in range(config.epochs)]
+    orders = [torch.randperm(len(examples), generator=generator).tolist() for _ in range(config.epochs)]
     steps = [(e, i) for e, order in enumerate(orders) for i in order]
-    done, losses = 0, []
-    data = hashlib.sha256(json.dumps([list(p.token_ids) for p in prompts]).encode()).hexdigest()[:16]
+    done, losses, curve = 0, [], []
+    data = examples.fingerprint()
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if (state["config"], state["base"], state.get("data")) != (
@@ -216,13 +262,13 @@ def _train_lora(
             )
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
-        done, losses = state["done"], state["losses"]
+        done, losses, curve = state["done"], state["losses"], state.get("curve", [])
         log.info("resuming %s at step %d of %d", config.method, done, len(steps))
     device = target.model.device
     bar = tqdm(total=len(steps), initial=done, desc=f"{config.method} LoRA", unit="query")
     for step in range(done, len(steps)):
-        _, i = steps[step]
-        prompt, sigma = prompts[i], teacher[i]["target"].tolist()
+        epoch, i = steps[step]
+        prompt, sigma, scored = examples.example(epoch, i)
         layout = prompt.layout
         ranking = layout.tokens(sigma)[len(layout.head) :]
         ids = torch.tensor([list(prompt.token_ids) + ranking], device=device)
@@ -235,12 +281,24 @@ def _train_lora(
         if config.method == "first-ft":
             first = logits[0, torch.tensor(layout.first_ids, device=device)]
             loss = loss + config.rank_weight * _ranking_loss(first.cpu(), sigma)
+        elif config.method == "reranker" and config.loss == "listmle":
+            loss = listmle_loss(logits, layout, sigma, scored) + config.lm_weight * loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
         bar.update(1)
-        if (step + 1) % config.save_every == 0 or step + 1 == len(steps):
+        validating = bool(validate and config.validate_every and (step + 1) % config.validate_every == 0)
+        if validating:
+            model.eval()
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
+                figures = validate(model.get_base_model())
+            model.train()
+            recent = losses[-config.validate_every :]
+            curve.append({"step": step + 1, "epoch": epoch + 1, "loss": sum(recent) / len(recent), **figures})
+            log.info("validation at step %d: %s", step + 1, json.dumps(curve[-1]))
+            bar.write(json.dumps(curve[-1]))
+        if validating or (step + 1) % config.save_every == 0 or step + 1 == len(steps):
             state = {
                 "config": asdict(config),
                 "base": weights_fingerprint(target.model),
@@ -249,21 +307,26 @@ def _train_lora(
                 "optimizer": optimizer.state_dict(),
                 "done": step + 1,
                 "losses": losses,
+                "curve": curve,
             }
             with replacing(checkpoint) as tmp:
                 torch.save(state, tmp)
+            if curve:
+                atomic_write(out / "curve.jsonl", "".join(json.dumps(row) + "\n" for row in curve))
         if config.snapshot_every and (step + 1) % config.snapshot_every == 0:
             _save_adapter(model, out / "snapshots" / f"step-{step + 1}")
     bar.close()
     _save_adapter(model, out / "adapter")
+    n = len(examples)
     meta = {
         "method": config.method,
         "target": target.name,
         "base": weights_fingerprint(target.model),
         "config": asdict(config),
-        "queries": len(prompts),
-        "loss_first_epoch": sum(losses[: len(prompts)]) / len(prompts),
-        "loss_last_epoch": sum(losses[-len(prompts) :]) / len(prompts),
+        "queries": n,
+        "loss_first_epoch": sum(losses[:n]) / n,
+        "loss_last_epoch": sum(losses[-n:]) / n,
+        "curve": curve,
     }
     atomic_write(out / "ranker.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     checkpoint.unlink()
@@ -314,6 +377,7 @@ def finetune(
     batching: BatchConfig = BatchConfig(),
     resume: bool = False,
     overwrite: bool = False,
+    validation: list | None = None,
 ) -> dict:
     """Train ``config.method``'s heads or fine-tuned ranker on ``requests`` (training queries only)
     against ``target``'s own greedy rankings, into ``out``. Returns a summary.
@@ -339,25 +403,63 @@ def finetune(
         work = out.with_name(f".{out.name}.new")
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    summary = _finetune_into(target, requests, config, work, prompt, batching)
+    try:
+        summary = _finetune_into(target, requests, config, work, prompt, batching, validation)
+    except BaseException:
+        if work != out:  # a failed --overwrite leaves the old companion and nothing beside it
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     if work != out:
         replace_folder(work, out)
     return summary
 
 
 def _finetune_into(
-    target: Target, requests: list, config: FinetuneConfig, out: Path, prompt: PromptConfig, batching: BatchConfig
+    target: Target,
+    requests: list,
+    config: FinetuneConfig,
+    out: Path,
+    prompt: PromptConfig,
+    batching: BatchConfig,
+    validation: list | None = None,
 ) -> dict:
     if config.method == "reranker":
-        requests = shuffled_requests(requests, config.seed)
+        examples = RerankerExamples(target.tokenizer, requests, prompt, config, target.max_positions)
+        validate = None if not validation else _reranker_validation(target, validation, prompt, config)
+        return _train_lora(target, examples, config, out, validate)
     prompts = request_prompts(target.tokenizer, requests, prompt, target.max_positions)
-    if config.method == "reranker":
-        shown = [shown_passages(r, p, prompt) for r, p in zip(requests, prompts, strict=True)]
-        rankings = similarity_rankings([r.query.text for r in requests], shown)
-        return _train_lora(target, prompts, [{"target": sigma} for sigma in rankings], config, out)
     teacher = _teacher(
         target, requests, prompts, prompt, batching, cache_dir() / "teacher", hidden=config.method in HEADS
     )
     if config.method in HEADS:
         return _train_heads(target, teacher, config, out)
-    return _train_lora(target, prompts, teacher, config, out)
+    return _train_lora(target, _GreedyExamples(prompts, teacher), config, out)
+
+
+def _by_score(scores: list[float]) -> list[int]:
+    """Indices by decreasing score (ties: lower index first)."""
+    return sorted(range(len(scores)), key=lambda j: (-scores[j], j))
+
+
+def _reranker_validation(target: Target, requests: list, prompt: PromptConfig, config: FinetuneConfig):
+    """``validate(model)`` for a reranker in training: the content figures of ``difficulty.content_figures``
+    on held-out training requests (shuffle consistency, letter KT), with the greedy ranking's KT to
+    the teacher and to the request (BM25) order."""
+    from rsd_rerank.difficulty import content_figures, greedy_ranker, letter_kt
+
+    scores = RerankerExamples(target.tokenizer, requests, prompt, config, target.max_positions).scores
+
+    def validate(model) -> dict:
+        training = Target(model, target.tokenizer, f"{target.name} (training)")
+        figures = content_figures(greedy_ranker(training, prompt), requests)
+        teacher = [_by_score(list(s.values())) for s in scores]  # candidates in request order
+        kt = lambda a, b: float(kendall_tau(np.asarray([a]), np.asarray([b]))[0])  # noqa: E731
+        return {
+            "shuffle_kt": float(np.mean(figures["shuffle_kt"])),
+            "letter_kt": figures["letter_kt"],
+            "kt_teacher": float(np.mean([kt(g, t) for g, t in zip(figures["greedy"], teacher, strict=True)])),
+            "kt_request_order": float(np.mean([kt(g, list(range(len(g)))) for g in figures["greedy"]])),
+            "letter_kt_as_given": letter_kt(figures["greedy"]),
+        }
+
+    return validate
