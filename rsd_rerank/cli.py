@@ -22,7 +22,7 @@ from rsd_rerank.integrations.scale import ScaleConfig
 from rsd_rerank.methods import DecodingConfig
 from rsd_rerank.metrics import MEASURES
 from rsd_rerank.prompt import PromptConfig
-from rsd_rerank.registry import BUDGETED, METHODS, REGISTRY
+from rsd_rerank.registry import BUDGETED, HEADS, METHODS, REGISTRY
 from rsd_rerank.runs import BatchConfig, WindowConfig
 from rsd_rerank.targets import DTYPES, Target, TargetConfig
 from rsd_rerank.training.baselines import FINETUNED, FinetuneConfig
@@ -222,7 +222,18 @@ def _decoding_config(args: argparse.Namespace) -> DecodingConfig:
         log.warning("--budget is ignored by --method %s (it uses no verification passes)", config.method)
     if args.agent is not None and config.method != "rsd":
         log.warning("--agent is ignored by --method %s (only rsd uses an agent)", config.method)
+    _check_invariant(args, [config.method])
     return config
+
+
+def _check_invariant(args: argparse.Namespace, methods: Sequence[str]) -> None:
+    """--batch-invariant covers the methods that verify whole rankings, not the heads' tree passes."""
+    trees = [m for m in methods if m in HEADS]
+    if getattr(args, "batch_invariant", False) and trees:
+        raise ValueError(
+            f"--batch-invariant verifies whole rankings; --method {trees[0]} verifies trees of drafts in one pass "
+            "and has no batch-invariant form (drop one of them)"
+        )
 
 
 def _windows(args: argparse.Namespace) -> WindowConfig:
@@ -444,6 +455,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise ValueError(f"--methods {args.methods!r} names no method")
+    _check_invariant(args, methods)
     if args.agent is not None and "rsd" not in methods:
         log.warning("--agent is ignored: --methods has no rsd")
     companions = {"rsd": args.agent} if args.agent is not None else {}

@@ -644,3 +644,13 @@ def test_an_interrupted_overwrites_staging_file_is_cleaned_by_the_next_run(tmp_p
     staging.write_text("1 Q0 half 1 1 x\n")
     assert _rerank(requests_file, out, "--overwrite") == 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_batch_invariant_refuses_the_heads_tree_passes_before_any_work(tmp_path, requests_file, capsys):
+    out = tmp_path / "run.trec"
+    assert _rerank(requests_file, out, "--method", "medusa", "--batch-invariant") == 2
+    assert "--method medusa verifies trees of drafts" in capsys.readouterr().err
+    argv = ["compare", "--requests", str(requests_file), "--methods", "gsd,blockwise", "--batch-invariant"]
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 2
+    assert "--method blockwise verifies trees" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [requests_file]

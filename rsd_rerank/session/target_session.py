@@ -271,6 +271,8 @@ class TargetSession:
         """The head baselines' tree pass (``rsd_rerank.session.heads.expand``); single-token identifiers."""
         if not isinstance(self._passes, SingleTokenPasses):
             raise ValueError("tree verification of rankings needs single-token identifiers (a letters template)")
+        if self.invariant:
+            raise ValueError("a tree pass has no batch-invariant form: batch-invariant sessions verify whole rankings")
         return expand(self._passes, prefix, paths, query)
 
     def identifier_unembedding(self, query: int = 0) -> torch.Tensor:
