@@ -6,6 +6,12 @@ ranking; and the prefix-dependence figure (``rsd_rerank.difficulty``). A target 
 for a learned proposer, when |KT(greedy, identifier order)| ≤ 0.3, KT(greedy, STD) ≤ 0.6, GSD@5 ≤ 0.85,
 PDM@5 ≤ 0.90 and prefix dependence ≥ 10 % (the thresholds of issue #21).
 
+Whether it reads its passages (issue #30; ``rsd_rerank.difficulty.content_figures``): shuffle consistency
+(the mean KT between its rankings, as documents, of the same candidates in two seeded random orders: 1
+for a reranker that reads, about 0 for a letter habit), the KT between different requests' rankings of
+shuffled candidates as identifiers (about 0 for a content-driven model), and, with ``--qrels``, the
+nDCG@10 of the greedy ranking beside the request order's (BM25's, for BM25 request files).
+
     .venv/bin/python benchmarks/difficulty.py --target smollm2-reranker --requests data/scifact/test.top20.jsonl \\
         --queries 100 --max-passage-words 30 --out benchmarks/results/difficulty-smollm2-reranker
 
@@ -23,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rsd_rerank.difficulty import SWAPS, claim_difficulty
+from rsd_rerank.difficulty import SWAPS, claim_difficulty, content_figures, greedy_ranker, letter_kt
 from rsd_rerank.files import atomic_write
 from rsd_rerank.metrics import bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
@@ -65,6 +71,11 @@ def summarise(records: list[dict], budgets: list[int], meta: dict) -> dict:
         first, second = np.triu_indices(len(same_k), k=1)
         greedy = np.asarray(same_k)
         figures["kt_between_requests"] = [float(kendall_tau(greedy[first], greedy[second]).mean())] * 3
+    figures["shuffle_consistency"] = bootstrap_mean(column("shuffle_kt"), rng)
+    figures["letter_kt_shuffled"] = [letter_kt([r["shuffled_letters"] for r in records])] * 3
+    if all("ndcg@10" in r for r in records):
+        figures["ndcg@10"] = bootstrap_mean(column("ndcg@10"), rng)
+        figures["ndcg@10 (request order)"] = bootstrap_mean(column("ndcg@10 (request order)"), rng)
     checks = {}
     for label, (name, op, bound) in THRESHOLDS.items():
         if name in figures:
@@ -96,6 +107,15 @@ def markdown(summary: dict) -> str:
     for t in summary["budgets"]:
         lines += [f"| {m.upper()}@{t} | {fmt(f[f'{m}@{t}'])} |" for m in ("gsd", "pdm", "consensus")]
     lines.append(f"| prefix dependence | {fmt(f['prefix_dependence'])} |")
+    lines += [
+        f"| shuffle consistency (KT between its rankings of two seeded shuffles, as documents; 1 = reads) "
+        f"| {fmt(f['shuffle_consistency'])} |",
+        f"| KT between requests' rankings of shuffled candidates, as identifiers (0 = content-driven) "
+        f"| {f['letter_kt_shuffled'][0]:.3f} |",
+    ]
+    if "ndcg@10" in f:
+        lines.append(f"| nDCG@10 of the greedy ranking | {fmt(f['ndcg@10'])} |")
+        lines.append(f"| nDCG@10 of the request order | {fmt(f['ndcg@10 (request order)'])} |")
     if "kt_between_requests" in f:
         lines.append(
             f"| KT between requests' greedy rankings (same identifiers, other passages; 1 = content-blind) "
@@ -108,6 +128,23 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _qrels(path: Path) -> dict[str, dict[str, int]]:
+    """TREC qrels ``qid 0 docid grade`` as {qid: {docid: grade}}."""
+    out: dict[str, dict[str, int]] = {}
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        if line.strip():
+            qid, _, docid, grade = line.split()
+            out.setdefault(qid, {})[docid] = int(grade)
+    return out
+
+
+def ndcg_at_10(ranking: list[str], judged: dict[str, int]) -> float:
+    """nDCG@10 with linear gains (trec_eval's and ir_measures' definition); 0 where nothing is relevant."""
+    gain = lambda grades: sum(g / np.log2(i + 2) for i, g in enumerate(grades[:10]))  # noqa: E731
+    ideal = gain(sorted((g for g in judged.values() if g > 0), reverse=True))
+    return gain([max(judged.get(d, 0), 0) for d in ranking]) / ideal if ideal else 0.0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="smollm2-reranker", help="a target name or local model directory")
@@ -116,6 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[5])
     p.add_argument("--max-passage-words", type=int, default=PromptConfig.max_passage_words)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--qrels", type=Path, help="TREC qrels: nDCG@10 of the greedy ranking and of the request order")
     p.add_argument(
         "--adapter", type=Path, help="a reranker LoRA to merge into SmolLM2 instead of --target (validation)"
     )
@@ -128,7 +166,9 @@ def main(argv=None) -> int:
         target = load_target(args.target, dtype=args.dtype)
     requests = read_requests(args.requests)[: args.queries]
     prompt = PromptConfig(max_passage_words=args.max_passage_words)
-    key = {"target": target.name, "max_passage_words": args.max_passage_words, "budgets": args.budgets}
+    key = {"target": target.name, "max_passage_words": args.max_passage_words, "budgets": args.budgets, "content": 1}
+    qrels = _qrels(args.qrels) if args.qrels else None
+    rank_requests = greedy_ranker(target, prompt, batch=3)
     done = {}
     if claims.exists():
         for line in claims.read_text().splitlines():
@@ -143,6 +183,12 @@ def main(argv=None) -> int:
                 continue
             session = TargetSession.from_request(target, request, prompt)
             record = {"qid": qid, "key": key, **claim_difficulty(session, 0, args.budgets)}
+            content = content_figures(rank_requests, [request])
+            record["shuffle_kt"], record["shuffled_letters"] = content["shuffle_kt"][0], content["shuffled"][0]
+            if qrels is not None:
+                docids = [str(c.docid) for c in request.candidates]
+                record["ndcg@10"] = ndcg_at_10([docids[i] for i in record["greedy"]], qrels.get(qid, {}))
+                record["ndcg@10 (request order)"] = ndcg_at_10(docids, qrels.get(qid, {}))
             log.write(json.dumps(record) + "\n")
             log.flush()
             done[qid] = record

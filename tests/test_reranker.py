@@ -175,3 +175,20 @@ def test_shuffle_consistency_tells_content_from_a_letter_habit(train_requests, r
         assert mean == 1.0 and figures["letter_kt"] < 0.6
     else:
         assert abs(mean) < 0.5 and figures["letter_kt"] == 1.0
+
+
+def test_the_difficulty_reports_ndcg_is_ir_measures(tmp_path):
+    import importlib.util
+
+    import ir_measures
+
+    spec = importlib.util.spec_from_file_location("difficulty_bench", "benchmarks/difficulty.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    judged = {"d3": 1, "d7": 2, "d40": 1, "d9": 0}
+    ranking = [f"d{i}" for i in range(12)]
+    qrels = [ir_measures.Qrel("q", d, g) for d, g in judged.items()]
+    run = [ir_measures.ScoredDoc("q", d, 100.0 - i) for i, d in enumerate(ranking)]
+    expected = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]
+    assert abs(bench.ndcg_at_10(ranking, judged) - expected) < 1e-9
+    assert bench.ndcg_at_10(ranking, {}) == 0.0
