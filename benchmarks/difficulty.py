@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rsd_rerank.difficulty import SWAPS, claim_difficulty, content_figures, greedy_ranker, letter_kt
-from rsd_rerank.files import atomic_write
+from rsd_rerank.files import atomic_write, stem_file
 from rsd_rerank.metrics import bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.runs import read_requests
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", type=Path, required=True, help="output stem: writes .json, .md, .claims.jsonl")
     args = p.parse_args(argv)
-    claims = args.out.with_suffix(".claims.jsonl")
+    claims = stem_file(args.out, ".claims.jsonl")
     if args.adapter:
         target = smollm2_reranker(dtype=args.dtype, adapter=args.adapter)
     else:
@@ -195,8 +195,8 @@ def main(argv=None) -> int:
     records = [done[str(r.query.qid)] for r in requests]
     meta = {"target": target.name, "requests": str(args.requests), "max_passage_words": args.max_passage_words}
     summary = summarise(records, args.budgets, {**meta, "budgets": args.budgets, "dtype": str(target.model.dtype)})
-    atomic_write(args.out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
-    atomic_write(args.out.with_suffix(".md"), markdown(summary))
+    atomic_write(stem_file(args.out, ".json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write(stem_file(args.out, ".md"), markdown(summary))
     print(markdown(summary))
     return 0
 

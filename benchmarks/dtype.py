@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput  # noqa: E402  (the sibling benchmark: one measurement, run twice)
 
-from rsd_rerank.files import atomic_write  # noqa: E402
+from rsd_rerank.files import atomic_write, stem_file  # noqa: E402
 from rsd_rerank.targets import auto_dtype, cpu_bf16_flags  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = measure(args)
     table = markdown(summary)
     print(table)
-    atomic_write(args.out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
-    atomic_write(args.out.with_suffix(".md"), table)
+    atomic_write(stem_file(args.out, ".json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write(stem_file(args.out, ".md"), table)
     print(f"wrote {args.out}.json and .md")
     return 0
 

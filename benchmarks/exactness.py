@@ -86,7 +86,10 @@ def markdown(result: dict) -> str:
     for kind, r in result["kinds"].items():
         cells = [str(r["differs"][m]) for m in METHODS] + [str(r["batch_differs"])]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    lines += ["", "Wall seconds of each kind are in the JSON; they are no speed comparison unless the CPU was otherwise idle."]
+    lines += [
+        "",
+        "Wall seconds of each kind are in the JSON; they are no speed comparison unless the CPU was otherwise idle.",
+    ]
     return "\n".join(lines) + "\n"
 
 

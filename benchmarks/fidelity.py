@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from rsd_rerank.agent import AgentProposer, exploration_report, resolve_agent
 from rsd_rerank.decoding import decode
-from rsd_rerank.files import atomic_write
+from rsd_rerank.files import atomic_write, stem_file
 from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.metrics import MEASURES, bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
@@ -259,7 +259,7 @@ def main(argv=None, target=None) -> int:
     )
     p.add_argument("--out", type=Path, required=True, help="output stem: writes .json, .md, .claims.jsonl")
     args = p.parse_args(argv)
-    args.claims = args.out.with_suffix(".claims.jsonl")
+    args.claims = stem_file(args.out, ".claims.jsonl")
     unknown = [m for m in args.baselines if m not in BASELINES]
     if unknown:
         p.error(f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
@@ -298,8 +298,8 @@ def main(argv=None, target=None) -> int:
         with torch.no_grad():
             exploration = exploration_report(first(state)[0])
         summary["exploration"] = exploration
-    atomic_write(args.out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
-    atomic_write(args.out.with_suffix(".md"), markdown(summary, exploration))
+    atomic_write(stem_file(args.out, ".json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write(stem_file(args.out, ".md"), markdown(summary, exploration))
     print(markdown(summary, exploration))
     return 0
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rsd_rerank.files import atomic_write
+from rsd_rerank.files import atomic_write, stem_file
 from rsd_rerank.metrics import bootstrap_mean, kendall_tau
 
 
 def _claims(stem: Path) -> dict[str, dict]:
     records = {}
-    for line in stem.with_suffix(".claims.jsonl").read_text().splitlines():
+    for line in stem_file(stem, ".claims.jsonl").read_text().splitlines():
         record = json.loads(line)
         records[record["qid"]] = record  # a later line (a resumed or extended run) wins
     return records
@@ -38,7 +38,7 @@ def compare(first: Path, second: Path) -> dict:
     qids = [q for q in a if q in b]
     if not qids:
         raise ValueError(f"{first} and {second} share no claim")
-    meta = [json.loads(stem.with_suffix(".json").read_text()) for stem in (first, second)]
+    meta = [json.loads(stem_file(stem, ".json").read_text()) for stem in (first, second)]
     rng = np.random.default_rng(0)
     rows = []
     methods = [m for m in a[qids[0]]["methods"] if m in b[qids[0]]["methods"]]
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = compare(args.first, args.second)
     table = markdown(summary)
     print(table)
-    atomic_write(args.out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
-    atomic_write(args.out.with_suffix(".md"), table)
+    atomic_write(stem_file(args.out, ".json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write(stem_file(args.out, ".md"), table)
     return 0
 
 

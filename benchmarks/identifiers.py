@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from rsd_rerank.files import atomic_write
+from rsd_rerank.files import atomic_write, stem_file
 from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.prompt import DEFAULT_TEMPLATE, NUMERIC_TEMPLATE, PromptConfig, request_prompt
 from rsd_rerank.runs import read_requests
@@ -83,7 +83,7 @@ def main() -> None:
         "max_passage_words": args.max_passage_words,
     }
     out = Path(args.out)
-    atomic_write(out.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    atomic_write(stem_file(out, ".json"), json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     lines = [
         f"# Identifier schemes on {meta['target']}, {meta['device']}, {meta['requests']} requests, K = 20 (medians)",
         "",
@@ -96,7 +96,7 @@ def main() -> None:
             f"| {r['template']} | {kind} | {r['tokens_per_full_pass']:.0f} | {r['tokens_per_tail_pass']:.0f} | "
             f"{r['full_s']:.3f} | {r['tail_s']:.3f} | {r['greedy_s']:.3f} | {r['gsd5_s']:.3f} |"
         )
-    atomic_write(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write(stem_file(out, ".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

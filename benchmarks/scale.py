@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rsd_rerank.files import atomic_write
+from rsd_rerank.files import atomic_write, stem_file
 from rsd_rerank.integrations import datasets
 from rsd_rerank.integrations.pipeline import candidate_requests, rerank_into_run
 from rsd_rerank.integrations.scale import ScaleConfig, Workers, ray_cluster
@@ -84,7 +84,7 @@ def main() -> None:
         "runs_identical": identical,
     }
     out = Path(args.out)
-    atomic_write(out.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    atomic_write(stem_file(out, ".json"), json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     lines = [
         f"# Ray scale-out on one machine: {meta['target']}, {meta['device']}, {meta['queries']} SciFact test claims, "
         f"BM25 top 20, {meta['method']}, batch size {args.batch_size}",
@@ -98,7 +98,7 @@ def main() -> None:
             f"{r['total_seconds']:.1f} | {r['queries_per_second']:.2f} |"
         )
     lines += ["", f"Runs identical across configurations: {'yes' if identical else 'NO'}."]
-    atomic_write(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write(stem_file(out, ".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from rsd_rerank.files import atomic_write
+from rsd_rerank.files import atomic_write, stem_file
 
 BUDGET = 5
 ROWS = (
@@ -102,8 +102,8 @@ def main(argv=None) -> int:
         "tokens/pass: tokens fed per verification pass; decode s: seconds per query after the prompt "
         "(2 CPU cores, fp32). Paper: Llama-3.2-3B-Instruct, MS MARCO, K = 20.\n\n" + md
     )
-    atomic_write(args.out.with_suffix(".md"), text)
-    atomic_write(args.out.with_suffix(".json"), json.dumps({"budget": BUDGET, "rows": data, "paper": PAPER}, indent=2))
+    atomic_write(stem_file(args.out, ".md"), text)
+    atomic_write(stem_file(args.out, ".json"), json.dumps({"budget": BUDGET, "rows": data, "paper": PAPER}, indent=2))
     print(text)
     return 0
 

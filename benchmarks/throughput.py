@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsd_rerank.files import atomic_write
+from rsd_rerank.files import atomic_write, stem_file
 from rsd_rerank.methods import DecodingConfig, rank_many
 from rsd_rerank.metrics import kendall_tau
 from rsd_rerank.prompt import DEFAULT_TEMPLATE, Prompt, RankingLayout
@@ -383,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(result)
     print(table)
     if args.out:
-        atomic_write(Path(args.out).with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-        atomic_write(Path(args.out).with_suffix(".md"), table)
+        atomic_write(stem_file(args.out, ".json"), json.dumps(result, indent=2) + "\n")
+        atomic_write(stem_file(args.out, ".md"), table)
         print(f"wrote {args.out}.json and .md")
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_write", "check_writable", "distinct_paths", "locked", "replacing"]
+__all__ = ["atomic_write", "check_writable", "distinct_paths", "locked", "replacing", "stem_file"]
 
 
 def _new_file_mode() -> int:
@@ -216,3 +216,9 @@ def replace_folder(fresh: str | os.PathLike, folder: str | os.PathLike) -> None:
         os.replace(folder, old)
     os.replace(fresh, folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def stem_file(stem: str | os.PathLike, suffix: str) -> Path:
+    """``stem`` + ``suffix``: an output stem's file. Not ``Path.with_suffix``, which would cut a stem at
+    its last dot (``throughput-llama-3.2-3b`` would write ``throughput-llama-3.json``)."""
+    return Path(f"{stem}{suffix}")

@@ -253,19 +253,31 @@ class TargetSession:
 
     def _fixed_point(self, q: int) -> list[int]:
         """The greedy target under batch-invariant passes: the one ranking that verifies whole, found as GSD
-        finds it (at most K-1 passes: each keeps the verified prefix and takes the next slot's choice)."""
+        finds it (at most K-1 passes: each keeps the verified prefix and takes the next slot's choice).
+
+        Raises:
+            RuntimeError: no fixed point in K passes, which happens only where the device's kernels give
+                different bits for the same forward (non-deterministic kernels).
+        """
         k = self.ks[q]
         ranking = self._passes.row0_alone(q).argsort(descending=True, stable=True).tolist()
-        while True:
+        verified = 0
+        for _ in range(k):
             r = torch.tensor([ranking], device=self.device)
             rows = self._passes.whole_pass(q, r)
             greedy = greedy_choices(r, rows)[0]
             i = int(accepted_length(r, greedy[None])[0])
             if i >= k - 1:
                 return ranking
+            if i < verified:
+                break
             prefix = ranking[:i] + [int(greedy[i])]
             rest = [j for j in rows[0, i].argsort(descending=True, stable=True).tolist() if j not in prefix]
-            ranking = prefix + rest
+            ranking, verified = prefix + rest, i + 1
+        raise RuntimeError(
+            f"batch-invariant passes found no fixed point for query {q}: the same forward gave different rows "
+            "(non-deterministic kernels on this device); run without --batch-invariant"
+        )
 
     def expand(self, prefix: Sequence[int], paths: Sequence[Sequence[int]], query: int = 0) -> Expansion:
         """The head baselines' tree pass (``rsd_rerank.session.heads.expand``); single-token identifiers."""
