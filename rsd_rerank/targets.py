@@ -65,7 +65,7 @@ _EMBEDDED_NAMES = (EMBEDDED, "smollm2-135m-instruct")
 RERANKER = "smollm2-reranker"
 """Name of the shipped realistic target: SmolLM2 with the listwise-reranker LoRA in ``rerankers/`` merged in."""
 RERANKER_ADAPTER = Path(__file__).parent / "rerankers" / RERANKER
-"""The shipped adapter (``scripts/train_reranker.sh`` makes it; ``training.reranker`` says how)."""
+"""The shipped adapter (``scripts/train_reranker_v1.sh`` makes it; ``training.reranker`` says how)."""
 RANDOM_LLAMA = "random-llama"
 """Name of the hard, paper-like random-weight target of ``shared/targets.md`` (init 0.1, seed 0)."""
 RANDOM_LLAMA_KEYS = {"seed": ("seed", int), "init": ("initializer_range", float), "hidden": ("hidden_size", int),

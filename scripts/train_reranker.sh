@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The shipped realistic target, smollm2-reranker, from scratch (resumable: run it again after a kill).
+# The content-driven successor of smollm2-reranker (issue #30), from scratch (resumable: run it again after a kill).
+# The target shipped today was made by scripts/train_reranker_v1.sh.
 # SmolLM2-135M-Instruct + LoRA (r 16, every layer), three epochs over 759 SciFact training claims (BM25
 # top 20, 30-word passages), candidates reshuffled every epoch, lists of 5, then 10, then 20 candidates,
 # of which 3, then 5, then 0 are other claims' passages (easy lists first);
