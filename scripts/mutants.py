@@ -132,8 +132,8 @@ MUTANTS += (
     Mutant(
         "invariant-passes-ignored",
         "rsd_rerank/session/target_session.py",
-        "        if self.invariant:\n            return self._verify_whole(rs)\n",
-        "        if False:\n            return self._verify_whole(rs)\n",
+        "        if self.invariant:\n            return verify_whole(self._passes, self._held, rs)\n",
+        "        if False:\n            return verify_whole(self._passes, self._held, rs)\n",
         (INVARIANT_ROWS,),
     ),
 )

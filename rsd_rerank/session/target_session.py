@@ -11,6 +11,7 @@ from rsd_rerank.prompt import Prompt, PromptConfig, build_prompt, request_prompt
 from rsd_rerank.session.forward import Forward
 from rsd_rerank.session.generation import Generation, generate
 from rsd_rerank.session.heads import Expansion, expand
+from rsd_rerank.session.invariant import fixed_point, verify_whole
 from rsd_rerank.session.kv import Held, PromptKV
 from rsd_rerank.session.passes import Passes
 from rsd_rerank.session.single import SingleTokenPasses
@@ -209,7 +210,7 @@ class TargetSession:
         held_state = self._held
         rs = {q: as_rankings(r, self.ks[q], self.device) for q, r in rankings.items()}
         if self.invariant:
-            return self._verify_whole(rs)
+            return verify_whole(self._passes, self._held, rs)
         shared = {
             q: [min(shared_prefix(row, held_state.items[q]), self.ks[q] - 1) for row in r.tolist()]
             for q, r in rs.items()
@@ -233,51 +234,6 @@ class TargetSession:
                 held_state.rows[q] = matrices[best]
             out[q] = Verification(rankings=r, matrices=matrices, greedy=greedy, accepted=accepted)
         return out
-
-    def _verify_whole(self, rs: dict[int, torch.Tensor]) -> dict[int, Verification]:
-        """``verify_many`` with batch-invariant passes: each ranking fed whole (``Passes.whole_pass``)."""
-        out = {}
-        for q, r in rs.items():
-            matrices = self._passes.whole_pass(q, r)
-            greedy = greedy_choices(r, matrices)
-            accepted = accepted_length(r, greedy)
-            best = int(accepted.argmax())
-            k = self.ks[q]
-            self._held.items[q], self._held.rows[q], self._held.kv[q] = (
-                tuple(r[best, : k - 1].tolist()),
-                matrices[best],
-                None,
-            )
-            out[q] = Verification(rankings=r, matrices=matrices, greedy=greedy, accepted=accepted)
-        return out
-
-    def _fixed_point(self, q: int) -> list[int]:
-        """The greedy target under batch-invariant passes: the one ranking that verifies whole, found as GSD
-        finds it (at most K-1 passes: each keeps the verified prefix and takes the next slot's choice).
-
-        Raises:
-            RuntimeError: no fixed point in K passes, which happens only where the device's kernels give
-                different bits for the same forward (non-deterministic kernels).
-        """
-        k = self.ks[q]
-        ranking = self._passes.row0_alone(q).argsort(descending=True, stable=True).tolist()
-        verified = 0
-        for _ in range(k):
-            r = torch.tensor([ranking], device=self.device)
-            rows = self._passes.whole_pass(q, r)
-            greedy = greedy_choices(r, rows)[0]
-            i = int(accepted_length(r, greedy[None])[0])
-            if i >= k - 1:
-                return ranking
-            if i < verified:
-                break
-            prefix = ranking[:i] + [int(greedy[i])]
-            rest = [j for j in rows[0, i].argsort(descending=True, stable=True).tolist() if j not in prefix]
-            ranking, verified = prefix + rest, i + 1
-        raise RuntimeError(
-            f"batch-invariant passes found no fixed point for query {q}: the same forward gave different rows "
-            "(non-deterministic kernels on this device); run without --batch-invariant"
-        )
 
     def expand(self, prefix: Sequence[int], paths: Sequence[Sequence[int]], query: int = 0) -> Expansion:
         """The head baselines' tree pass (``rsd_rerank.session.heads.expand``); single-token identifiers."""
@@ -315,7 +271,7 @@ class TargetSession:
         todo = [q for q in queries if q not in self._greedy]
         if todo and self.invariant:
             for q in todo:
-                self._greedy[q] = self._fixed_point(q)
+                self._greedy[q] = fixed_point(self._passes, q)
         elif todo:
             chosen, _ = self._passes.stepwise(todo, None, self._row0)
             for i, q in enumerate(todo):
