@@ -93,3 +93,22 @@ def test_batch_invariant_greedy_is_the_fixed_point_of_its_passes(bf16_llama):
     for q in range(2):
         greedy = session.greedy_ranking(q)
         assert int(session.verify(greedy, q).accepted[0]) == len(greedy)
+
+
+def test_in_fp16_too():
+    """The same property in float16 (on a GPU the other low precision), numbers, fewer prompts."""
+    fp16 = random_llama(
+        seed=3,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        dtype="float16",
+    )
+    prompts = _random_prompts(fp16, 3, seed=21, numeric=True, k_max=24)
+    greedy = _rankings(fp16, prompts, "greedy", 0, batch_size=1)
+    assert _rankings(fp16, prompts, "greedy", 0, batch_size=3) == greedy
+    budget = max(len(g) for g in greedy)
+    for method in ("gsd", "rsd"):
+        assert _rankings(fp16, prompts, method, budget, batch_size=2) == greedy, method
