@@ -16,8 +16,7 @@ from rsd_rerank.targets import random_llama
 WORDS = "cell protein gene tumor mouse receptor dose brain blood risk trial virus insulin cancer liver".split()
 
 
-@pytest.fixture(scope="module")
-def bf16_llama():
+def _tiny_llama(dtype: str):
     return random_llama(
         seed=3,
         hidden_size=64,
@@ -25,8 +24,13 @@ def bf16_llama():
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        dtype="bfloat16",
+        dtype=dtype,
     )
+
+
+@pytest.fixture(scope="module")
+def bf16_llama():
+    return _tiny_llama("bfloat16")
 
 
 def _random_prompts(target, n: int, seed: int, numeric: bool, k_max: int) -> list:
@@ -97,15 +101,7 @@ def test_batch_invariant_greedy_is_the_fixed_point_of_its_passes(bf16_llama):
 
 def test_in_fp16_too():
     """The same property in float16 (on a GPU the other low precision), numbers, fewer prompts."""
-    fp16 = random_llama(
-        seed=3,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        dtype="float16",
-    )
+    fp16 = _tiny_llama("float16")
     prompts = _random_prompts(fp16, 3, seed=21, numeric=True, k_max=24)
     greedy = _rankings(fp16, prompts, "greedy", 0, batch_size=1)
     assert _rankings(fp16, prompts, "greedy", 0, batch_size=3) == greedy
