@@ -40,6 +40,8 @@ from rsd_rerank.training.reranker import (
     foreign_counts,
     list_sizes,
     listmle_loss,
+    order_by_score,
+    teacher_scores,
 )
 
 __all__ = ["FINETUNED", "FinetuneConfig", "finetune"]
@@ -436,23 +438,18 @@ def _finetune_into(
     return _train_lora(target, _GreedyExamples(prompts, teacher), config, out)
 
 
-def _by_score(scores: list[float]) -> list[int]:
-    """Indices by decreasing score (ties: lower index first)."""
-    return sorted(range(len(scores)), key=lambda j: (-scores[j], j))
-
-
 def _reranker_validation(target: Target, requests: list, prompt: PromptConfig, config: FinetuneConfig):
     """``validate(model)`` for a reranker in training: the content figures of ``difficulty.content_figures``
     on held-out training requests (shuffle consistency, letter KT), with the greedy ranking's KT to
     the teacher and to the request (BM25) order."""
     from rsd_rerank.difficulty import content_figures, greedy_ranker, letter_kt
 
-    scores = RerankerExamples(target.tokenizer, requests, prompt, config, target.max_positions).scores
+    scores = teacher_scores(target.tokenizer, requests, prompt, config.teacher)
+    teacher = [order_by_score([s[str(c.docid)] for c in r.candidates]) for r, s in zip(requests, scores, strict=True)]
 
     def validate(model) -> dict:
         training = Target(model, target.tokenizer, f"{target.name} (training)")
         figures = content_figures(greedy_ranker(training, prompt), requests)
-        teacher = [_by_score(list(s.values())) for s in scores]  # candidates in request order
         kt = lambda a, b: float(kendall_tau(np.asarray([a]), np.asarray([b]))[0])  # noqa: E731
         return {
             "shuffle_kt": float(np.mean(figures["shuffle_kt"])),

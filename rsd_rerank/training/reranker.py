@@ -51,6 +51,7 @@ __all__ = [
     "foreign_counts",
     "list_sizes",
     "listmle_loss",
+    "order_by_score",
     "shuffled_requests",
     "similarity_rankings",
     "teacher_scores",
@@ -93,18 +94,22 @@ def _similarities(query: str, texts: Sequence[str]) -> list[float]:
     return [score for _, score in _wordllama().rank(query, list(texts), sort=False)]
 
 
+def order_by_score(scores: Sequence[float]) -> list[int]:
+    """Indices by decreasing score (ties: lower index first)."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+
+
 def similarity_rankings(query_texts: Sequence[str], passages: Sequence[Sequence[str]]) -> list[torch.Tensor]:
     """Per query, its passages' indices by decreasing wordllama cosine similarity to the query (ties: lower index first)."""
-    out = []
-    for query, texts in zip(query_texts, passages, strict=True):
-        scores = _similarities(query, texts)
-        out.append(torch.tensor(sorted(range(len(texts)), key=lambda i: (-scores[i], i))))
-    return out
+    return [
+        torch.tensor(order_by_score(_similarities(query, texts)))
+        for query, texts in zip(query_texts, passages, strict=True)
+    ]
 
 
 def _ranks(scores: Sequence[float]) -> list[int]:
     """0-based rank of each score, highest first (ties: lower index first)."""
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    order = order_by_score(scores)
     ranks = [0] * len(scores)
     for r, i in enumerate(order):
         ranks[i] = r
