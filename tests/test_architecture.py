@@ -211,3 +211,13 @@ def test_the_session_is_in_parts_a_newcomer_can_hold_and_one_of_them_calls_the_m
         if re.search(r"\bmodel\(\s*(input_ids|\*\*|ids)|\bmodel\.generate\(", p.read_text())
     }
     assert calling == {"rsd_rerank/session/forward.py"}, calling
+
+
+def test_the_cli_is_in_rooms_of_at_most_300_lines():
+    """One module per sub-command under ``rsd_rerank/cli/``, each a newcomer can hold (issue #33)."""
+    from rsd_rerank.cli import COMMANDS, build_parser
+
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "rsd_rerank" / "cli").glob("*.py")}
+    assert max(sizes.values()) <= 300, sizes
+    names = set(build_parser()._subparsers._group_actions[0].choices)
+    assert {c.__name__.rsplit(".", 1)[1].replace("_", "-") for c in COMMANDS} == names
