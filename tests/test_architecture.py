@@ -158,15 +158,15 @@ def test_help_and_docstrings_name_the_methods_the_registry_has():
 
 
 def test_every_method_list_is_read_from_the_one_registry():
-    """The README's methods table names the registry's methods, once each, in its order; the CLI's,
+    """docs/methods.md's table names the registry's methods, once each, in its order; the CLI's,
     compare's, finetune's and fidelity.py's lists are derived from it."""
     import re
 
     from rsd_rerank.registry import BASELINES, COMPARE_METHODS, FINETUNES, REGISTRY, TRAINED_BASELINES
     from rsd_rerank.training.baselines import FINETUNED
 
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("### Methods (`--method`)", 1)[1].split("\n\n", 2)[1]
+    page = (ROOT / "docs" / "methods.md").read_text()
+    table = page.split("## Methods (`--method`)", 1)[1].split("\n\n", 2)[1]
     named = [n for row in table.splitlines()[2:] for n in re.findall(r"`([a-z-]+)`", row.split("|")[1])]
     assert named == list(REGISTRY)
     assert list(COMPARE_METHODS)[2:] == list(REGISTRY)
@@ -174,13 +174,13 @@ def test_every_method_list_is_read_from_the_one_registry():
     assert set(TRAINED_BASELINES) <= set(BASELINES) <= set(REGISTRY)
 
 
-def test_the_readme_module_table_names_every_module():
-    """Every module of the package is named in the README's module table: by its path, or in the row of
+def test_the_module_table_names_every_module():
+    """Every module of the package is named in docs/architecture.md's module table: by its path, or in the row of
     its folder by its file name; and every path the table names exists."""
     import re
 
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("## What is here", 1)[1].split("\n\n", 2)[1]
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    table = "| module |" + page.split("\n| module |", 1)[1].split("\n\n", 1)[0]
     rows = {row.split("|")[1]: row for row in table.splitlines()[2:]}
     for module, path in _modules().items():
         relative = path.relative_to(ROOT).as_posix()
@@ -190,9 +190,11 @@ def test_the_readme_module_table_names_every_module():
         named = any(f"`{relative}`" in key for key in rows) or any(
             f"`{folder}`" in key and f"`{path.name}`" in row for key, row in rows.items()
         )
-        assert named, f"{relative} ({module}) is not in the README's module table"
+        assert named, f"{relative} ({module}) is not in docs/architecture.md's module table"
     for named_path in re.findall(r"`((?:rsd_rerank|integrations|benchmarks|scripts|examples)/[^`]*)`", table):
-        assert (ROOT / named_path).exists(), f"the README's module table names {named_path}, which does not exist"
+        assert (ROOT / named_path).exists(), (
+            f"docs/architecture.md's module table names {named_path}, which does not exist"
+        )
 
 
 def test_the_session_is_in_parts_a_newcomer_can_hold_and_one_of_them_calls_the_model():
