@@ -48,7 +48,7 @@ from rsd_rerank.runs import BatchConfig, WindowConfig, request_chunks
 from rsd_rerank.session import batched_sessions
 from rsd_rerank.targets import Target, load_target
 
-__all__ = ["RSDReranker", "Reranked", "rerank_windowed"]
+__all__ = ["RSDReranker", "Reranked", "TextReranker", "rerank_windowed"]
 
 
 class RSDReranker(ListwiseRankLLM):
@@ -401,3 +401,60 @@ def rerank_windowed(
             ]
     finally:
         warn_context_cuts(reranker.passage_words, prompt)
+
+
+class TextReranker:
+    """One query's texts reranked, the path of the RAG frameworks' adapters (LlamaIndex, LangChain)
+    through ``rerank_windowed``: RankLLM's prompts and windows, the batched engine.
+
+    Args:
+        model: as ``rsd_rerank.targets.load_target`` (None: the embedded SmolLM2), or a loaded ``Target``.
+        method, budget, agent: as ``rsd-rerank --method --budget --agent``.
+        top_n: texts kept, best first (None: all of them, reordered).
+        template, max_passage_words: RankLLM's prompt template and passage cut.
+        window_size, stride: RankLLM's sliding windows over more than ``window_size`` texts.
+        device, dtype: where a model loaded by name runs.
+
+    Raises:
+        ValueError: bad settings, before the model loads.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        method: str = "rsd",
+        budget: int = 5,
+        agent: str | None = None,
+        top_n: int | None = None,
+        template: str = PromptConfig.template,
+        max_passage_words: int = PromptConfig.max_passage_words,
+        window_size: int = WindowConfig.window_size,
+        stride: int = WindowConfig.stride,
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> None:
+        if top_n is not None and top_n < 1:
+            raise ValueError(f"top_n must be >= 1 or None, got {top_n}")
+        self.top_n = top_n
+        self.decoding = DecodingConfig(method, budget, agent)
+        self.prompt = PromptConfig(template=template, max_passage_words=max_passage_words)
+        self.windows = WindowConfig(window_size=window_size, stride=stride)
+        self.target = load_target(model, device=device, dtype=dtype)
+
+    def order(self, query: str, texts: Sequence[str]) -> list[int]:
+        """Indices of ``texts`` (given best first, as a retriever ranked them) in their reranked
+        order, the first ``top_n`` of them."""
+        from dacite import from_dict
+
+        if not texts:
+            return []
+        candidates = [
+            {"docid": str(i), "score": float(len(texts) - i), "doc": {"text": str(text)}}
+            for i, text in enumerate(texts)
+        ]
+        request = from_dict(data_class=Request, data={"query": {"qid": "0", "text": query}, "candidates": candidates})
+        ((reranked,),) = rerank_windowed(
+            self.target, [request], self.decoding, self.prompt, BatchConfig(), self.windows
+        )
+        order = [int(docid) for docid in reranked.docids]
+        return order[: self.top_n] if self.top_n is not None else order

@@ -21,7 +21,7 @@ fi
 stamp=.venv/.rsd-rerank-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/uv pip install --quiet --python .venv/bin/python -e ".[test,pyterrier,ray]"
+  .venv/bin/uv pip install --quiet --python .venv/bin/python -e ".[test,pyterrier,ray,llamaindex,langchain]"
   echo "$want" > "$stamp"
 fi
 
