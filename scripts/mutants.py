@@ -138,6 +138,17 @@ MUTANTS += (
     ),
 )
 
+PADDED_ROWS = "tests/test_reranker.py::test_a_padded_batch_gives_each_example_its_own_logits"
+MUTANTS += (
+    Mutant(
+        "padded-batch-reads-the-padding",
+        "rsd_rerank/training/lora.py",
+        "picked = [hidden[b, len(p) - 1 : len(p) + len(r)] for b, (p, r) in enumerate(rows)]",
+        "picked = [hidden[b, -len(r) - 1 :] for b, (p, r) in enumerate(rows)]",
+        (PADDED_ROWS,),
+    ),
+)
+
 BRUTE_FORCE = "tests/test_numeric.py::test_verification_rows_equal_the_brute_force_item_probabilities"
 MUTANTS += (
     Mutant(

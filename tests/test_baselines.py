@@ -156,27 +156,35 @@ RERANKER_RUN = {
 }
 
 
-@pytest.mark.parametrize("method", ["first-ft", "reranker"])
+@pytest.mark.parametrize(
+    "method, extra, dies_at, curve_steps",
+    [
+        ("first-ft", {}, 4, None),
+        ("reranker", RERANKER_RUN, 4, [3, 6]),
+        # Two examples an Adam step, and the claim as a cue in epoch 1: validations where a step crosses 3 and 6.
+        ("reranker", {**RERANKER_RUN, "accumulate": 2, "cue": "1,0"}, 2, [4, 6]),
+    ],
+)
 def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(
-    tiny_llama, train_requests, tmp_path, monkeypatch, method
+    tiny_llama, train_requests, tmp_path, monkeypatch, method, extra, dies_at, curve_steps
 ):
     from safetensors.torch import load_file
 
     requests = read_requests(train_requests)
     prompt = PromptConfig(max_passage_words=20)
-    config = FinetuneConfig(method, epochs=2, save_every=1, **(RERANKER_RUN if method == "reranker" else {}))
+    config = FinetuneConfig(method, epochs=2, save_every=1, **extra)
     validation = requests[:2] if method == "reranker" else None
     finetune(tiny_llama, requests, config, tmp_path / "whole", prompt, validation=validation)
     step, calls = torch.optim.Adam.step, []
 
-    def dies_at_the_fourth(self, *args, **kwargs):
+    def dies(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == dies_at:
             raise KeyboardInterrupt
         return step(self, *args, **kwargs)
 
     with monkeypatch.context() as patched:
-        patched.setattr(torch.optim.Adam, "step", dies_at_the_fourth)
+        patched.setattr(torch.optim.Adam, "step", dies)
         with pytest.raises(KeyboardInterrupt):
             finetune(tiny_llama, requests, config, tmp_path / "cut", prompt, validation=validation)
     with pytest.raises(ValueError, match="--resume"):
@@ -192,11 +200,12 @@ def test_an_interrupted_lora_fine_tune_resumes_to_the_same_adapter(
     if method == "reranker":  # LoRA on the top layer only, and a snapshot every 2 of the 6 steps
         assert {k.split(".layers.")[1].split(".")[0] for k in cut} == {"1"}
         assert sorted(p.name for p in (tmp_path / "cut" / "snapshots").iterdir()) == ["step-2", "step-4", "step-6"]
-        # The learning curve: the content figures at steps 3 and 6, the same after the kill as without it.
+        # The learning curve: the content figures where the examples done cross 3 and 6, the same after the
+        # kill as without it.
         curve = [json.loads(line) for line in (tmp_path / "cut" / "curve.jsonl").read_text().splitlines()]
-        assert [row["step"] for row in curve] == [3, 6] and curve == meta["curve"]
+        assert [row["step"] for row in curve] == curve_steps and curve == meta["curve"]
         assert curve == json.loads((tmp_path / "whole" / "ranker.json").read_text())["curve"]
-        assert {"shuffle_kt", "letter_kt", "kt_teacher", "kt_request_order"} <= set(curve[0])
+        assert {"own_first", "shuffle_kt", "letter_kt", "kt_teacher", "kt_request_order"} <= set(curve[0])
 
 
 def test_compare_runs_every_baseline_with_its_companion(tiny_llama, train_requests, companions, tmp_path):

@@ -192,3 +192,60 @@ def test_the_difficulty_reports_ndcg_is_ir_measures(tmp_path):
     expected = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]
     assert abs(bench.ndcg_at_10(ranking, judged) - expected) < 1e-9
     assert bench.ndcg_at_10(ranking, {}) == 0.0
+
+
+def test_a_cue_epoch_starts_the_teachers_first_passage_with_the_claim(smollm2, train_requests):
+    from rsd_rerank.training.baselines import FinetuneConfig
+    from rsd_rerank.training.reranker import RerankerExamples, cue_epochs
+
+    requests = read_requests(train_requests)
+    config = FinetuneConfig("reranker", teacher="fusion", list_sizes="5", foreign="3", cue="1,0")
+    examples = RerankerExamples(smollm2.tokenizer, requests, PromptConfig(max_passage_words=30), config, None)
+    claim = requests[1].query.text
+    cued, sigma, _ = examples.example(0, 1)
+    text = smollm2.tokenizer.decode(cued.token_ids)
+    first = "ABCDE"[sigma[0]]
+    assert f"[{first}] {claim}" in text  # the teacher's first passage opens with the claim
+    assert sum(f"] {claim}" in line for line in text.splitlines()) == 1  # and only that one
+    plain, _, _ = examples.example(1, 1)
+    assert f"] {claim}" not in smollm2.tokenizer.decode(plain.token_ids)
+    assert cue_epochs("1,0") == (1, 0)
+    with pytest.raises(ValueError, match="--cue"):
+        cue_epochs("2")
+
+
+def test_own_among_foreign_hides_each_claims_passage_among_other_claims(train_requests):
+    from rsd_rerank.training.reranker import own_among_foreign
+
+    requests = read_requests(train_requests)
+    lists = own_among_foreign(requests, k=3, seed=0)
+    for request, (shown, own) in zip(requests, lists, strict=True):
+        docids = [str(c.docid) for c in shown.candidates]
+        assert len(docids) == 3 and docids[own] == str(request.candidates[0].docid)
+        mine = {str(c.docid) for c in request.candidates}
+        assert sum(d in mine for d in docids) == 1
+    assert own_among_foreign(requests, k=3, seed=0) == lists  # seeded
+
+
+def test_a_padded_batch_gives_each_example_its_own_logits(tiny_llama, train_requests):
+    """The accumulated step's forward: each example's rows in a right-padded batch are the rows of that
+    example alone (``logits_to_keep`` on the unpadded sequence)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from rsd_rerank.training.baselines import FinetuneConfig
+    from rsd_rerank.training.lora import _ranking_logits
+    from rsd_rerank.training.reranker import RerankerExamples
+
+    requests = read_requests(train_requests)
+    config = FinetuneConfig("reranker", list_sizes="4,6")
+    examples = RerankerExamples(tiny_llama.tokenizer, requests, PromptConfig(max_passage_words=8), config, None)
+    batch = [examples.example(0, 0), examples.example(1, 2)]  # two lengths: the first is padded
+    model = get_peft_model(copy.deepcopy(tiny_llama.model).float(), LoraConfig(r=2, target_modules="all-linear"))
+    together = _ranking_logits(model, batch, torch.device("cpu"), bf16=False)
+    for (prompt, sigma, _), rows in zip(batch, together, strict=True):
+        ranking = prompt.layout.tokens(sigma)[len(prompt.layout.head) :]
+        ids = torch.tensor([list(prompt.token_ids) + ranking])
+        alone = model(input_ids=ids, logits_to_keep=len(ranking) + 1).logits[0]
+        assert rows.shape == alone.shape and torch.allclose(rows, alone, atol=1e-4)

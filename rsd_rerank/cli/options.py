@@ -50,6 +50,8 @@ FINETUNE_FIELDS = (
     "list_sizes",
     "foreign",
     "validate_every",
+    "accumulate",
+    "cue",
 )
 AGENT_FIELDS = ("network", "features", "temperature", "hidden", "layers", "heads")
 TRAIN_FIELDS = (

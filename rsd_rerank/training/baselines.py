@@ -11,7 +11,6 @@ the methods share it. LoRA training checkpoints every ``save_every`` steps
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -26,21 +25,23 @@ from tqdm import tqdm
 
 from rsd_rerank.companions import MEDUSA_HEADS, Heads, save_heads
 from rsd_rerank.config import bounded, check_ranges
-from rsd_rerank.files import atomic_write, replace_folder, replacing
+from rsd_rerank.files import replace_folder, replacing
 from rsd_rerank.metrics import kendall_tau
-from rsd_rerank.prompt import PromptConfig, request_prompts
+from rsd_rerank.prompt import PromptConfig, request_prompt, request_prompts
 from rsd_rerank.registry import FINETUNES, HEADS
 from rsd_rerank.runs import BatchConfig, batches
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, cache_dir, weights_fingerprint
+from rsd_rerank.training.lora import train_lora
 from rsd_rerank.training.reranker import (
     LOSSES,
     TEACHERS,
     RerankerExamples,
+    cue_epochs,
     foreign_counts,
     list_sizes,
-    listmle_loss,
     order_by_score,
+    own_among_foreign,
     teacher_scores,
 )
 
@@ -91,7 +92,11 @@ class FinetuneConfig:
     foreign: str = ""
     """``reranker``: passages from other claims' lists per list in epoch 1, 2, … (e.g. 3,5,0; with --list-sizes; the last repeats): easy lists first."""
     validate_every: int = bounded(0, 0)
-    """``reranker``: content figures on the validation requests every N steps, into ``<out>/curve.jsonl`` (0: never)."""
+    """``reranker``: content figures on the validation requests every N examples, into ``<out>/curve.jsonl`` (0: never)."""
+    accumulate: int = bounded(1, 1)
+    """LoRA: examples per Adam step, in one padded forward (the gradient is their mean)."""
+    cue: str = ""
+    """``reranker``: 1 or 0 per epoch (e.g. 1,0; the last repeats): in cue epochs the teacher's first passage starts with the claim itself, an exact match that teaches reading a passage and writing its identifier."""
 
     def __post_init__(self):
         check_ranges(self)
@@ -102,6 +107,7 @@ class FinetuneConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         foreign_counts(self.foreign, list_sizes(self.list_sizes))
+        cue_epochs(self.cue)
 
 
 def _teacher(
@@ -202,18 +208,6 @@ def _train_heads(target: Target, teacher: list[dict[str, torch.Tensor]], config:
     return {"method": config.method, "heads": count, "queries": n, "losses": losses}
 
 
-def _ranking_loss(first_logits: torch.Tensor, sigma: list[int]) -> torch.Tensor:
-    """FIRST's weighted RankNet on the first identifier's logits: for every pair ranked i < j (1-based),
-    weight 1/(i + j) on log(1 + exp(s_j − s_i)), normalised by the weights."""
-    scores = first_logits[torch.tensor(sigma)]  # in σ_tr's order
-    k = len(sigma)
-    rank = torch.arange(1, k + 1, dtype=torch.float32)
-    upper = torch.triu(torch.ones(k, k, dtype=torch.bool), diagonal=1)
-    weight = torch.where(upper, 1.0 / (rank[:, None] + rank[None, :]), torch.zeros(k, k))
-    pair = torch.nn.functional.softplus(scores[None, :] - scores[:, None])  # [i, j]: s_j − s_i
-    return (weight * pair).sum() / weight.sum()
-
-
 class _GreedyExamples:
     """The companions' examples: every epoch, query i's prompt and the target's own greedy ranking."""
 
@@ -232,142 +226,6 @@ class _GreedyExamples:
 
     def single_token(self) -> bool:
         return all(p.layout.single_token for p in self.prompts)
-
-
-def _train_lora(target: Target, examples, config: FinetuneConfig, out: Path, validate=None) -> dict:
-    """LoRA on ``examples`` (``example(epoch, i)`` → prompt and teacher ranking), one query a step,
-    checkpointed every ``save_every`` steps; ``validate(model)`` → figures every ``validate_every``
-    steps, kept in the checkpoint and in ``<out>/curve.jsonl``."""
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
-    if not examples.single_token():
-        raise ValueError("fine-tuned first-identifier rankers need single-token identifiers (a letters template)")
-    torch.manual_seed(config.seed)  # LoRA's A matrices are drawn here
-    model = get_peft_model(copy.deepcopy(target.model).float().train(), _lora_config(target, config))
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    checkpoint = out / "checkpoint.pt"
-    generator = torch.Generator().manual_seed(config.seed)
-    orders = [torch.randperm(len(examples), generator=generator).tolist() for _ in range(config.epochs)]
-    steps = [(e, i) for e, order in enumerate(orders) for i in order]
-    done, losses, curve = 0, [], []
-    data = examples.fingerprint()
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if (state["config"], state["base"], state.get("data")) != (
-            asdict(config),
-            weights_fingerprint(target.model),
-            data,
-        ):
-            raise ValueError(
-                f"{checkpoint} is from another run (settings, target or training queries); "
-                "pass --overwrite to restart, or choose another --out"
-            )
-        set_peft_model_state_dict(model, state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
-        done, losses, curve = state["done"], state["losses"], state.get("curve", [])
-        log.info("resuming %s at step %d of %d", config.method, done, len(steps))
-    device = target.model.device
-    bar = tqdm(total=len(steps), initial=done, desc=f"{config.method} LoRA", unit="query")
-    for step in range(done, len(steps)):
-        epoch, i = steps[step]
-        prompt, sigma, scored = examples.example(epoch, i)
-        layout = prompt.layout
-        ranking = layout.tokens(sigma)[len(layout.head) :]
-        ids = torch.tensor([list(prompt.token_ids) + ranking], device=device)
-        n = len(prompt.token_ids)
-        # Logits only where the ranking is predicted (the prompt's last token on): the LM head over a
-        # whole long prompt would cost more than the model.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
-            logits = model(input_ids=ids, logits_to_keep=len(ranking) + 1).logits[0].float()
-        loss = torch.nn.functional.cross_entropy(logits[:-1], ids[0, n:])
-        if config.method == "first-ft":
-            first = logits[0, torch.tensor(layout.first_ids, device=device)]
-            loss = loss + config.rank_weight * _ranking_loss(first.cpu(), sigma)
-        elif config.method == "reranker" and config.loss == "listmle":
-            loss = listmle_loss(logits, layout, sigma, scored) + config.lm_weight * loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        bar.update(1)
-        validating = bool(validate and config.validate_every and (step + 1) % config.validate_every == 0)
-        if validating:
-            model.eval()
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
-                figures = validate(model.get_base_model())
-            model.train()
-            recent = losses[-config.validate_every :]
-            curve.append({"step": step + 1, "epoch": epoch + 1, "loss": sum(recent) / len(recent), **figures})
-            log.info("validation at step %d: %s", step + 1, json.dumps(curve[-1]))
-            bar.write(json.dumps(curve[-1]))
-        if validating or (step + 1) % config.save_every == 0 or step + 1 == len(steps):
-            state = {
-                "config": asdict(config),
-                "base": weights_fingerprint(target.model),
-                "data": data,
-                "adapter": get_peft_model_state_dict(model),
-                "optimizer": optimizer.state_dict(),
-                "done": step + 1,
-                "losses": losses,
-                "curve": curve,
-            }
-            with replacing(checkpoint) as tmp:
-                torch.save(state, tmp)
-            if curve:
-                atomic_write(out / "curve.jsonl", "".join(json.dumps(row) + "\n" for row in curve))
-        if config.snapshot_every and (step + 1) % config.snapshot_every == 0:
-            _save_adapter(model, out / "snapshots" / f"step-{step + 1}")
-    bar.close()
-    _save_adapter(model, out / "adapter")
-    n = len(examples)
-    meta = {
-        "method": config.method,
-        "target": target.name,
-        "base": weights_fingerprint(target.model),
-        "config": asdict(config),
-        "queries": n,
-        "loss_first_epoch": sum(losses[:n]) / n,
-        "loss_last_epoch": sum(losses[-n:]) / n,
-        "curve": curve,
-    }
-    atomic_write(out / "ranker.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    checkpoint.unlink()
-    return meta
-
-
-def _lora_config(target: Target, config: FinetuneConfig):
-    """LoRA of rank r (alpha 2r) on every linear layer of the decoder, or of its top ``lora_layers`` layers."""
-    from peft import LoraConfig
-
-    if not config.lora_layers:
-        return LoraConfig(
-            r=config.lora_rank, lora_alpha=2 * config.lora_rank, target_modules="all-linear", lora_dropout=0.0
-        )
-    n = target.model.config.get_text_config().num_hidden_layers
-    if config.lora_layers > n:
-        raise ValueError(f"--lora-layers {config.lora_layers}: {target.name} has {n} decoder layers")
-    linear = sorted(
-        {
-            name.rsplit(".", 1)[-1]
-            for name, m in target.model.model.layers[0].named_modules()
-            if isinstance(m, torch.nn.Linear)
-        }
-    )
-    return LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=2 * config.lora_rank,
-        target_modules=linear,
-        layers_to_transform=list(range(n - config.lora_layers, n)),
-        lora_dropout=0.0,
-    )
-
-
-def _save_adapter(model, directory: Path) -> None:
-    """The LoRA adapter into ``directory``, replaced whole (a folder written beside it, then renamed)."""
-    fresh = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(fresh, ignore_errors=True)
-    model.save_pretrained(str(fresh))
-    replace_folder(fresh, directory)
 
 
 def finetune(
@@ -428,30 +286,45 @@ def _finetune_into(
     if config.method == "reranker":
         examples = RerankerExamples(target.tokenizer, requests, prompt, config, target.max_positions)
         validate = None if not validation else _reranker_validation(target, validation, prompt, config)
-        return _train_lora(target, examples, config, out, validate)
+        return train_lora(target, examples, config, out, validate)
     prompts = request_prompts(target.tokenizer, requests, prompt, target.max_positions)
     teacher = _teacher(
         target, requests, prompts, prompt, batching, cache_dir() / "teacher", hidden=config.method in HEADS
     )
     if config.method in HEADS:
         return _train_heads(target, teacher, config, out)
-    return _train_lora(target, _GreedyExamples(prompts, teacher), config, out)
+    return train_lora(target, _GreedyExamples(prompts, teacher), config, out)
 
 
 def _reranker_validation(target: Target, requests: list, prompt: PromptConfig, config: FinetuneConfig):
-    """``validate(model)`` for a reranker in training: the content figures of ``difficulty.content_figures``
-    on held-out training requests (shuffle consistency, letter KT), with the greedy ranking's KT to
-    the teacher and to the request (BM25) order."""
+    """``validate(model)`` for a reranker in training: on held-out training requests, how often the first
+    slot picks the claim's own passage among 4 other claims' (``own_first``, chance 0.2: the first sign
+    of reading), the content figures of ``difficulty.content_figures`` (shuffle consistency, letter KT),
+    and the greedy ranking's KT to the teacher and to the request (BM25) order."""
     from rsd_rerank.difficulty import content_figures, greedy_ranker, letter_kt
 
     scores = teacher_scores(target.tokenizer, requests, prompt, config.teacher)
     teacher = [order_by_score([s[str(c.docid)] for c in r.candidates]) for r, s in zip(requests, scores, strict=True)]
+    coarse = [
+        (request_prompt(target.tokenizer, r, prompt, target.max_positions), own)
+        for r, own in own_among_foreign(requests, k=5, seed=config.seed)
+    ]
+
+    def own_first(model) -> float:
+        """How often the first slot's most probable identifier is the claim's own passage (chance 0.2)."""
+        hits = 0
+        for p, own in coarse:
+            ids = torch.tensor([list(p.token_ids)], device=model.device)
+            logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1]
+            hits += int(int(logits[list(p.layout.first_ids)].argmax()) == own)
+        return hits / len(coarse)
 
     def validate(model) -> dict:
         training = Target(model, target.tokenizer, f"{target.name} (training)")
         figures = content_figures(greedy_ranker(training, prompt), requests)
         kt = lambda a, b: float(kendall_tau(np.asarray([a]), np.asarray([b]))[0])  # noqa: E731
         return {
+            "own_first": own_first(model),
             "shuffle_kt": float(np.mean(figures["shuffle_kt"])),
             "letter_kt": figures["letter_kt"],
             "kt_teacher": float(np.mean([kt(g, t) for g, t in zip(figures["greedy"], teacher, strict=True)])),

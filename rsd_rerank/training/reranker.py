@@ -48,10 +48,12 @@ __all__ = [
     "LOSSES",
     "TEACHERS",
     "RerankerExamples",
+    "cue_epochs",
     "foreign_counts",
     "list_sizes",
     "listmle_loss",
     "order_by_score",
+    "own_among_foreign",
     "shuffled_requests",
     "similarity_rankings",
     "teacher_scores",
@@ -178,6 +180,26 @@ def foreign_counts(text: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
     return counts
 
 
+def cue_epochs(text: str) -> tuple[int, ...]:
+    """``--cue``: 1 (the teacher's first passage starts with the claim) or 0 per epoch (the last repeats).
+
+    Raises:
+        ValueError: a value other than 0 or 1.
+    """
+    values = per_epoch(text, "--cue", 0)
+    if any(v > 1 for v in values):
+        raise ValueError(f"--cue takes 1 (cue) or 0 (none) per epoch, e.g. 1,0; got {text!r}")
+    return values
+
+
+def _with_claim_first(candidate: Any, claim: str) -> Any:
+    """``candidate`` whose passage text starts with ``claim`` (the first text key RankLLM's prompt reads)."""
+    doc = dict(candidate.doc)
+    key = next((k for k in ("text", "segment", "contents", "content", "body", "passage") if k in doc), "text")
+    doc[key] = f"{claim} {doc.get(key, '')}"
+    return dataclasses.replace(candidate, doc=doc)
+
+
 class RerankerExamples:
     """Epoch e's i-th training example: a request's candidates reshuffled for e (and cut to e's list
     size), its prompt, and the teacher's ranking of them (indices into the shuffled list)."""
@@ -186,6 +208,7 @@ class RerankerExamples:
         self.tokenizer, self.requests, self.prompt = tokenizer, list(requests), prompt
         self.seed, self.sizes, self.max_tokens = config.seed, list_sizes(config.list_sizes), max_tokens
         self.foreign = foreign_counts(config.foreign, self.sizes)
+        self.cue = cue_epochs(config.cue)
         self.scores = teacher_scores(tokenizer, self.requests, prompt, config.teacher)
         self._epoch, self._shuffled = -1, []
 
@@ -238,7 +261,28 @@ class RerankerExamples:
         docids = [str(c.docid) for c in request.candidates]
         # Foreign passages go last, in their list order; the loss stops where only they are left.
         sigma = sorted(range(len(docids)), key=lambda j: (docids[j] not in scores, -scores.get(docids[j], 0.0), j))
+        if self.cue and self.cue[min(epoch, len(self.cue) - 1)]:
+            candidates = list(request.candidates)
+            candidates[sigma[0]] = _with_claim_first(candidates[sigma[0]], request.query.text)
+            request = dataclasses.replace(request, candidates=candidates)
         return request_prompt(self.tokenizer, request, self.prompt, self.max_tokens), sigma, n_own
+
+
+def own_among_foreign(requests: Sequence, k: int = 5, seed: int = 0) -> list[tuple[Any, int]]:
+    """Per request: a list of its first candidate and ``k`` − 1 passages of other requests, in a seeded
+    order, and where its own passage sits. The coarsest content check: a model that reads puts its
+    claim's own passage first far above chance (1/k)."""
+    rng = random.Random(f"{seed}:own-among-foreign")
+    out = []
+    for i, request in enumerate(requests):
+        others = [c for j, r in enumerate(requests) if j != i for c in r.candidates]
+        taken = {str(c.docid) for c in request.candidates}
+        foreign = [c for c in rng.sample(others, min(len(others), 4 * k)) if str(c.docid) not in taken][: k - 1]
+        mixed = [request.candidates[0], *foreign]
+        order = list(range(len(mixed)))
+        rng.shuffle(order)
+        out.append((dataclasses.replace(request, candidates=[mixed[o] for o in order]), order.index(0)))
+    return out
 
 
 def identifier_positions(layout: RankingLayout, k: int) -> list[int]:
