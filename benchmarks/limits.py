@@ -39,6 +39,8 @@ from rsd_rerank.files import atomic_write, stem_file  # noqa: E402
 
 PASS_TOKENS = 76
 """Tokens a K = 20 letters verification pass feeds (``benchmarks/results/identifiers-smollm2-cpu.md``)."""
+FREE_TOKENS = 77
+"""About the tokens RankLLM's free generation writes for K = 20 letters: ``[B] > [A] > …`` and its end (a full verification pass feeds 76)."""
 H100 = {"bandwidth_gbs": 3350.0, "bf16_tflops": 989.0}
 """NVIDIA H100 SXM spec sheet: HBM3 bandwidth and dense bf16 tensor throughput (an estimate, not measured)."""
 
@@ -170,10 +172,39 @@ def _table(result: dict) -> str:
         )
     lines += [
         "",
-        "Where a pass costs about one step (pass / step near 1), RSD@T's decode costs T steps against greedy's K − 1 "
-        "= 19, and free generation's ~80. Where it costs several, RSD saves that much less.",
+        f"**End to end, from these phases** (seconds; RSD@5 and GSD@5: the prefill and 5 passes; greedy: the prefill "
+        f"and K − 1 = 19 steps; free generation, RankLLM's way: the prefill and {FREE_TOKENS} steps, one per token of "
+        "`[B] > [A] > …` and its end; GPU rows from the floors, so estimates):",
+        "",
+        "| model | where | RSD@5 s | greedy s | free generation s | RSD@5 / greedy | RSD@5 / free generation |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for where, rows, keys in (
+        ("CPU, measured", result["models"], ("prefill_s", "step_s", "pass_s")),
+        ("H100, estimated", result["gpu_estimate"], ("prefill_floor_s", "step_floor_s", "pass_floor_s")),
+    ):
+        for row in rows:
+            e = end_to_end(*(row[k] for k in keys))
+            lines.append(
+                f"| {row['model']} | {where} | {e['rsd5']:.3g} | {e['greedy']:.3g} | {e['free']:.3g} | "
+                f"{e['rsd5'] / e['greedy']:.2f} | {e['rsd5'] / e['free']:.2f} |"
+            )
+    lines += [
+        "",
+        "Where a pass costs about one step (pass / step near 1), RSD@T's decode costs T steps against greedy's 19 and "
+        f"free generation's {FREE_TOKENS}. Where it costs several (this CPU), RSD saves that much less.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def end_to_end(prefill: float, step: float, verification: float, budget: int = 5, k: int = 20) -> dict[str, float]:
+    """Seconds of a whole ranking from its phases: RSD@T (T passes; fewer when it verifies early),
+    greedy (K − 1 steps) and free generation (``FREE_TOKENS`` steps)."""
+    return {
+        "rsd5": prefill + budget * verification,
+        "greedy": prefill + (k - 1) * step,
+        "free": prefill + FREE_TOKENS * step,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
