@@ -138,6 +138,17 @@ MUTANTS += (
     ),
 )
 
+SLIDING = "tests/test_sliding_window.py::test_a_windowed_model_reranks_as_its_greedy_generate"
+MUTANTS += (
+    Mutant(
+        "cache-drops-window-positions",
+        "rsd_rerank/session/forward.py",
+        "return DynamicCache() if kv is None else DynamicCache(ddp_cache_data=kv)",
+        "return DynamicCache(config=self.model.config) if kv is None else DynamicCache(ddp_cache_data=kv, config=self.model.config)",
+        (SLIDING,),
+    ),
+)
+
 PADDED_ROWS = "tests/test_reranker.py::test_a_padded_batch_gives_each_example_its_own_logits"
 MUTANTS += (
     Mutant(

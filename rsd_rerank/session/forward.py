@@ -62,8 +62,11 @@ class Forward:
         return time.perf_counter()
 
     def _cache(self, kv: KV | None) -> DynamicCache:
-        config = self.model.config
-        return DynamicCache(config=config) if kv is None else DynamicCache(ddp_cache_data=kv, config=config)
+        # Built without the model's config: every layer a full ``DynamicLayer``, sliding-window layers
+        # (Mistral, Gemma 2/3) included. The model's own mask still applies each layer's window over
+        # absolute positions; the session needs every position kept to rewind to a verified prefix,
+        # to hold rows and to batch queries of different lengths.
+        return DynamicCache() if kv is None else DynamicCache(ddp_cache_data=kv)
 
     @torch.inference_mode()
     def __call__(
