@@ -87,8 +87,8 @@ def _decoding(method: str, budget: int, companions: Mapping[str, str]) -> Decodi
     """The decoder a compare row runs (``first`` is ``std`` on the same LLM)."""
     if method == "first":
         return DecodingConfig("std", budget)
-    if method == "rsd":
-        return DecodingConfig(method, budget, agent=companions.get(method))
+    if COMPARE_METHODS[method].companion == "agent":  # rsd, rsd-drafts: the one --agent
+        return DecodingConfig(method, budget, agent=companions.get("rsd"))
     return DecodingConfig(method, budget, ranker=companions.get(method))
 
 

@@ -5,7 +5,7 @@ repair (``receive_permutation``), ``Result``/``InferenceInvocation`` bookkeeping
 output. ``rerank_batch`` walks the windows of every request in lockstep, RankLLM's order within each
 request (a request's windows stay sequential, each depends on the last), and decodes the i-th window
 of up to ``batch_size`` requests in one batched session. Each window's prompt is RankLLM's own template rendering; instead of free generation the
-window is decoded by the core engine (any of ``rsd_rerank.methods.METHODS``: ``rsd``, ``greedy``, ``std``, ``gsd``,
+window is decoded by the core engine (any of ``rsd_rerank.methods.METHODS``: ``rsd``, ``rsd-drafts``, ``greedy``, ``std``, ``gsd``,
 ``consensus``, ``pdm``, ``sdm``, ``blockwise``, ``medusa``, ``first-ft``, ``rankzephyr-ft``, ``first-sd``) and written back
 as the ranking string ``[B] > [A] > …`` (``[2] > [1] > …`` with a numeric template) that RankLLM parses.
 
@@ -64,7 +64,7 @@ class RSDReranker(ListwiseRankLLM):
         method: ``rsd`` (the learned agent), ``greedy`` (the LLM's own ranking), ``std``, ``gsd``,
             ``consensus``, or one of the paper's baselines (``rsd_rerank.methods.METHODS``).
         budget: LLM verification passes per window.
-        agent: for ``rsd``, an agent checkpoint directory or bundled name; None picks the bundled
+        agent: for ``rsd`` and ``rsd-drafts``, an agent checkpoint directory or bundled name; None picks the bundled
             agent trained on the model (``RSDReranker()`` uses the embedded SmolLM2's).
         ranker: a baseline's heads, fine-tuned ranker or drafter (``DecodingConfig.ranker``).
         window_size, stride, context_size, max_passage_words: as in RankLLM.

@@ -31,11 +31,14 @@ __all__ = [
     "Step",
     "Trace",
     "decode",
+    "decode_drafts_many",
     "decode_many",
+    "draft_rounds",
     "draft_tree",
     "heads_order",
     "initial_ranking",
     "next_ranking",
+    "run_loops",
     "traced",
     "tree_decode",
 ]
@@ -135,6 +138,39 @@ def rounds(first_slot: torch.Tensor, k: int, proposer: Proposer, budget: int, tr
     return sigma, accepted_rounds, steps
 
 
+def draft_rounds(first_slot: torch.Tensor, k: int, drafters: Sequence[Proposer], budget: int) -> Loop:
+    """Eq. 1 with several drafts a pass, as a coroutine for one query: after σ_0, every pass verifies
+    the tail as each of ``drafters`` orders it (distinct drafts only) in one batched forward; the draft
+    with the longest verified prefix is kept (its bonus with it), and every draft's rows join the
+    state the drafters read next, the kept one last (so that the rejected row and the latest matrix
+    are its own). Returns the kept σ [1, K], the kept i* per round and one step per round."""
+    sigma = initial_ranking(first_slot)[None]
+    accepted_rounds: list[list[int]] = []
+    rankings, matrices, accepted, steps = [], [], [], []
+    for _ in range(budget):
+        v = yield sigma
+        best = int(torch.argmax(v.accepted))  # the first of the longest
+        accepted_rounds.append([int(v.accepted[best])])
+        if int(v.accepted[best]) >= k:
+            sigma = sigma[best : best + 1]
+            break
+        for d in [*(d for d in range(sigma.shape[0]) if d != best), best]:
+            rankings.append(sigma[d : d + 1])
+            matrices.append(v.matrices[d : d + 1])
+            accepted.append(v.accepted[d : d + 1])
+        state = Round(torch.stack(rankings, 1), torch.stack(matrices, 1), torch.stack(accepted, 1))
+        kept = Verification(
+            sigma[best : best + 1], v.matrices[best : best + 1], v.greedy[best : best + 1], v.accepted[best : best + 1]
+        )
+        drafts = torch.cat([next_ranking(kept.rankings, kept, p.scores(state)) for p in drafters])
+        first: dict[tuple[int, ...], int] = {}  # drafts that agree are verified once
+        for i, row in enumerate(drafts.tolist()):
+            first.setdefault(tuple(row), i)
+        sigma = drafts[list(first.values())]
+        steps.append(Step(state, sigma[:1]))
+    return sigma[:1], accepted_rounds, steps
+
+
 def decode_many(
     session: TargetSession,
     proposers: Mapping[int, Proposer],
@@ -145,12 +181,26 @@ def decode_many(
     """Up-to-down decoding of several queries of ``session`` (query index → its proposer), with at most
     ``budget`` verification passes each, every round's rankings verified in one forward. σ_0 sorts
     the first-slot scores, the target's own (STD) unless ``initial`` gives a query a drafter's [K]."""
-    start, passes_before = session.clock(), list(session.query_passes)
     initial = initial or {}
     loops = {
         q: rounds(initial[q] if q in initial else session.first_slot(q), session.ks[q], p, budget, trajectories)
         for q, p in proposers.items()
     }
+    return run_loops(session, loops)
+
+
+def decode_drafts_many(
+    session: TargetSession, drafters: Mapping[int, Sequence[Proposer]], budget: int
+) -> dict[int, Decoded]:
+    """``draft_rounds`` for several queries of ``session``, every round's drafts of every query in one forward."""
+    loops = {q: draft_rounds(session.first_slot(q), session.ks[q], d, budget) for q, d in drafters.items()}
+    return run_loops(session, loops)
+
+
+def run_loops(session: TargetSession, loops: dict[int, Loop]) -> dict[int, Decoded]:
+    """Drive the queries' loops in lockstep: each round, every pending query's rankings are verified
+    in one forward; a query whose loop returns leaves the batch."""
+    start, passes_before = session.clock(), list(session.query_passes)
     pending: dict[int, torch.Tensor] = {}
     finished: dict[int, tuple] = {}
 
@@ -169,7 +219,7 @@ def decode_many(
             advance(q, v)
     seconds = session.clock() - start
     out = {}
-    for q in proposers:
+    for q in loops:
         sigma, accepted_rounds, steps = finished[q]
         trace = Trace(
             accepted=accepted_rounds,

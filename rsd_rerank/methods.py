@@ -9,6 +9,7 @@ its own rankings (``rsd_rerank.companions``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +17,8 @@ import torch
 from rsd_rerank.agent import AgentProposer, resolve_agent
 from rsd_rerank.companions import heads_widths, load_heads, load_ranker
 from rsd_rerank.config import bounded, check_ranges
-from rsd_rerank.decoding import Decoded, decode_many, traced, tree_decode
-from rsd_rerank.proposers import PROPOSERS, DrafterProposer, GSDProposer, Proposer
+from rsd_rerank.decoding import Decoded, decode_drafts_many, decode_many, traced, tree_decode
+from rsd_rerank.proposers import PROPOSERS, DrafterProposer, GSDProposer, JacobiProposer, Proposer
 from rsd_rerank.registry import BUDGETED, HEADS, METHODS, RANKER_OF, REGISTRY, TRAINED_BASELINES
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, load_target, tokenizer_fingerprint
@@ -32,7 +33,7 @@ class DecodingConfig:
     method: str = "rsd"
     """The decoding method (``rsd_rerank.registry``: the README's methods table)."""
     budget: int = bounded(5, 0)
-    """T: LLM verification passes after the prompt (the budgeted methods: gsd, consensus, rsd, sdm, blockwise, medusa, pdm, first-sd)."""
+    """T: LLM verification passes after the prompt (the budgeted methods: gsd, consensus, rsd, rsd-drafts, sdm, blockwise, medusa, pdm, first-sd)."""
     agent: str | None = None
     """``rsd`` only: an agent checkpoint directory or a bundled agent's name; None picks the bundled
     agent trained on the target."""
@@ -85,6 +86,14 @@ def rank_many(
         heads = load_heads(config.ranker, session.target, config.method)
         widths = heads_widths(config.method, heads)
         return {q: tree_decode(session, heads, widths, config.budget, q) for q in queries}
+    if runs == "drafts":
+        as_rsd = dataclasses.replace(config, method="rsd")
+        agents: dict[int, Proposer] = {}  # one agent per list length, as below
+        for q in queries:
+            if session.ks[q] not in agents:
+                agents[session.ks[q]] = proposer_for(as_rsd, session, q)
+        drafters = {q: [agents[session.ks[q]], GSDProposer(), JacobiProposer()] for q in queries}
+        return decode_drafts_many(session, drafters, config.budget)
     if runs == "drafted":
         return _drafted(session, config, queries)
     budget = 0 if config.method == "std" else config.budget

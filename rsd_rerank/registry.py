@@ -31,7 +31,8 @@ class Method:
     name: str
     runs: str
     """How: ``target`` (the session's own greedy decoding), ``loop`` (the Eq. 1 loop with a proposer),
-    ``heads`` (the loop over prediction heads' tree passes), ``drafted`` (a drafter's first-slot order,
+    ``heads`` (the loop over prediction heads' tree passes), ``drafts`` (the loop with several drafts a
+    pass: the agent's, GSD's and PDM's), ``drafted`` (a drafter's first-slot order,
     verified under the budget where it takes one), ``free`` (unconstrained generation, ``compare`` only)."""
     budgeted: bool
     """Its result depends on T, the verification passes allowed after the prompt."""
@@ -49,6 +50,7 @@ _TABLE = (
     Method("gsd", "loop", True, "up-to-down decoding, the tail ordered by the rejected slot's row"),
     Method("consensus", "loop", True, "as gsd, the tail ordered by the mean of every row seen (no learning)"),
     Method("rsd", "loop", True, "as gsd, the tail ordered by the learned agent", companion="agent"),
+    Method("rsd-drafts", "drafts", True, "rsd, gsd and pdm tails verified together a pass; the longest kept", companion="agent"),
     Method("sdm", "drafted", True, "a drafter's order verified (Leviathan et al.)", "drafter", baseline=True),
     Method("pdm", "loop", True, "Jacobi decoding: every slot from its own row given the pass's prefix", baseline=True),
     Method("blockwise", "heads", True, "Blockwise parallel decoding: K-1 heads, top-5 chains", "blockwise", True),

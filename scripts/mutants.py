@@ -138,6 +138,17 @@ MUTANTS += (
     ),
 )
 
+DRAFTS = "tests/test_drafts.py::test_a_multi_draft_round_verifies_no_less_than_any_of_its_drafts_alone"
+MUTANTS += (
+    Mutant(
+        "drafts-keep-the-first-branch",
+        "rsd_rerank/decoding.py",
+        "best = int(torch.argmax(v.accepted))  # the first of the longest",
+        "best = 0  # the first of the longest",
+        (DRAFTS,),
+    ),
+)
+
 SLIDING = "tests/test_sliding_window.py::test_a_windowed_model_reranks_as_its_greedy_generate"
 MUTANTS += (
     Mutant(

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
     if not methods:
         raise ValueError(f"--methods {args.methods!r} names no method")
     check_invariant(args, methods)
-    if args.agent is not None and "rsd" not in methods:
+    if args.agent is not None and not {"rsd", "rsd-drafts"} & set(methods):
         log.warning("--agent is ignored: --methods has no rsd")
     companions = {"rsd": args.agent} if args.agent is not None else {}
     for spec in args.ranker:

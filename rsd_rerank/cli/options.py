@@ -214,8 +214,8 @@ def decoding_config(args: argparse.Namespace) -> DecodingConfig:
     config = config_from(DecodingConfig, args, DECODING_FIELDS)
     if args.budget is not None and config.method not in BUDGETED:
         log.warning("--budget is ignored by --method %s (it uses no verification passes)", config.method)
-    if args.agent is not None and config.method != "rsd":
-        log.warning("--agent is ignored by --method %s (only rsd uses an agent)", config.method)
+    if args.agent is not None and REGISTRY[config.method].companion != "agent":
+        log.warning("--agent is ignored by --method %s (only rsd and rsd-drafts use an agent)", config.method)
     check_invariant(args, [config.method])
     return config
 

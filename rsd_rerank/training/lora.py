@@ -15,7 +15,7 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -24,8 +24,8 @@ from rsd_rerank.files import atomic_write, replace_folder, replacing
 from rsd_rerank.targets import Target, weights_fingerprint
 from rsd_rerank.training.reranker import listmle_loss
 
-if TYPE_CHECKING:
-    from rsd_rerank.training.baselines import FinetuneConfig
+FinetuneConfig = Any
+"""``rsd_rerank.training.baselines.FinetuneConfig`` (not imported: baselines imports this module)."""
 
 __all__ = ["train_lora"]
 

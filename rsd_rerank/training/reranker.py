@@ -166,16 +166,16 @@ def foreign_counts(text: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
     """``--foreign``: other claims' passages per list in each epoch (the last repeats; needs ``--list-sizes``).
 
     Raises:
-        ValueError: a count that leaves fewer than 2 of the claim's own candidates in its epoch's list.
+        ValueError: a count that leaves none of the claim's own candidates in its epoch's list.
     """
     counts = per_epoch(text, "--foreign", 0)
     if counts and not sizes:
         raise ValueError("--foreign needs --list-sizes (the lists it puts other claims' passages in)")
     for e, n in enumerate(counts):
         size = sizes[min(e, len(sizes) - 1)]
-        if size - n < 2:
+        if size - n < 1:
             raise ValueError(
-                f"--foreign {text!r}: epoch {e + 1} keeps {size - n} of a claim's own candidates (needs >= 2)"
+                f"--foreign {text!r}: epoch {e + 1} keeps {size - n} of a claim's own candidates (needs >= 1)"
             )
     return counts
 

@@ -1,0 +1,59 @@
+"""Several drafts a pass (``rsd-drafts``, issue #32): each pass verifies the agent's, GSD's and PDM's tails
+in one batched forward and keeps the longest verified one; every draft's rows are read next round."""
+
+from __future__ import annotations
+
+import pytest
+
+from rsd_rerank.decoding import decode, decode_drafts_many
+from rsd_rerank.methods import DecodingConfig, proposer_for, rank_many
+from rsd_rerank.proposers import GSDProposer, JacobiProposer
+from rsd_rerank.session import TargetSession
+
+
+@pytest.fixture(scope="module")
+def sessions(tiny_llama, query_docs):
+    return [
+        TargetSession(tiny_llama, q, docs[:k])
+        for (q, docs), k in zip(query_docs * 3, [20, 12, 16, 9, 20, 14], strict=True)
+    ]
+
+
+def _drafters(session):
+    return [proposer_for(DecodingConfig("rsd", 2), session), GSDProposer(), JacobiProposer()]
+
+
+def test_a_multi_draft_round_verifies_no_less_than_any_of_its_drafts_alone(sessions):
+    """From the same state (σ_0 verified once), the second pass's kept prefix is the longest of the drafts'
+    prefixes, each verified alone: never shorter than any single draft's."""
+    longer = 0
+    for session in sessions:
+        alone = []
+        for proposer in _drafters(session):
+            session.forget()
+            alone.append(decode(session, proposer, budget=2).trace.accepted[1][0])
+        session.forget()
+        both = decode_drafts_many(session, {0: _drafters(session)}, budget=2)[0]
+        assert both.trace.accepted[1][0] == max(alone)
+        assert session.passes >= 2 and both.trace.passes == 2  # one forward a round, whatever the drafts
+        longer += max(alone) > alone[0]
+    assert longer  # on some claim another draft beats the agent's: the choice of the longest matters
+
+
+def test_rsd_drafts_is_exact_at_t_ge_k_and_batched_as_alone(sessions):
+    for session in sessions[:3]:
+        session.forget(greedy=True)
+        greedy = session.greedy_ranking()
+        session.forget()
+        assert rank_many(session, DecodingConfig("rsd-drafts", session.ks[0]))[0].ranking == greedy
+
+
+def test_rsd_drafts_at_a_budget_never_loses_to_its_first_draft_in_passes(sessions):
+    """Through ``rank_many``: a pass of several drafts is counted once, and the kept i* per round is the
+    longest of that round's drafts."""
+    session = sessions[0]
+    session.forget()
+    decoded = rank_many(session, DecodingConfig("rsd-drafts", 3))[0]
+    assert decoded.trace.passes <= 3 and len(decoded.steps) == len(decoded.trace.accepted) - (
+        decoded.trace.accepted[-1][0] >= session.ks[0]
+    )
