@@ -25,6 +25,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+mkdir -p runs  # where the README's commands write
 .venv/bin/python -c "from rsd_rerank.targets import embedded_model_dir; embedded_model_dir()"
 
 # BEIR SciFact for ir_datasets, offline: seed its cache from ../shared/data where that copy exists

@@ -457,12 +457,13 @@ def test_request_files_name_the_encoding_the_request_and_the_candidate(tmp_path,
 
 
 def _no_model(monkeypatch):
-    import rsd_rerank.cli
+    from rsd_rerank.cli import finetune, options, train
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(rsd_rerank.cli, "_load_target", refuse)
+    for module in (options, train, finetune):  # every room that loads a target
+        monkeypatch.setattr(module, "target_from", refuse)
 
 
 def test_run_file_and_window_mistakes_are_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):

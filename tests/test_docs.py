@@ -142,6 +142,7 @@ def test_checked_blocks_name_options_and_files_that_exist(where, lang, body):
 @pytest.mark.parametrize("where,lang,body", _ids("run"))
 def test_run_blocks_run(where, lang, body):
     # Run blocks write under runs/readme-*: cleared first, as a reader's second paste would need.
+    (ROOT / "runs").mkdir(exist_ok=True)  # set-up makes it; a fresh clone in CI has not run the main job
     for old in (ROOT / "runs").glob("readme-*"):
         old.unlink()
     argv = ["bash", "-euo", "pipefail", "-c", body] if lang in ("bash", "sh") else [sys.executable, "-c", body]
