@@ -143,13 +143,18 @@ def draft_rounds(first_slot: torch.Tensor, k: int, drafters: Sequence[Proposer],
     the tail as each of ``drafters`` orders it (distinct drafts only) in one batched forward; the draft
     with the longest verified prefix is kept (its bonus with it), and every draft's rows join the
     state the drafters read next, the kept one last (so that the rejected row and the latest matrix
-    are its own). Returns the kept σ [1, K], the kept i* per round and one step per round."""
+    are its own). The drafter whose draft was kept leads: its next draft comes first, and is the
+    ranking returned when the budget ends (the tail no pass verified is ordered by the drafter that
+    was right most recently). Returns the kept σ [1, K], the kept i* per round and one step per round."""
     sigma = initial_ranking(first_slot)[None]
+    owners: list[list[int]] = [list(range(len(drafters)))]  # the drafters behind each row of σ
+    lead = 0
     accepted_rounds: list[list[int]] = []
     rankings, matrices, accepted, steps = [], [], [], []
     for _ in range(budget):
         v = yield sigma
         best = int(torch.argmax(v.accepted))  # the first of the longest
+        lead = lead if lead in owners[best] else owners[best][0]
         accepted_rounds.append([int(v.accepted[best])])
         if int(v.accepted[best]) >= k:
             sigma = sigma[best : best + 1]
@@ -162,11 +167,17 @@ def draft_rounds(first_slot: torch.Tensor, k: int, drafters: Sequence[Proposer],
         kept = Verification(
             sigma[best : best + 1], v.matrices[best : best + 1], v.greedy[best : best + 1], v.accepted[best : best + 1]
         )
-        drafts = torch.cat([next_ranking(kept.rankings, kept, p.scores(state)) for p in drafters])
-        first: dict[tuple[int, ...], int] = {}  # drafts that agree are verified once
+        order = [lead, *(d for d in range(len(drafters)) if d != lead)]
+        drafts = torch.cat([next_ranking(kept.rankings, kept, drafters[d].scores(state)) for d in order])
+        rows: dict[tuple[int, ...], int] = {}  # drafts that agree are verified once
+        owners, keep = [], []
         for i, row in enumerate(drafts.tolist()):
-            first.setdefault(tuple(row), i)
-        sigma = drafts[list(first.values())]
+            if tuple(row) not in rows:
+                rows[tuple(row)] = len(keep)
+                keep.append(i)
+                owners.append([])
+            owners[rows[tuple(row)]].append(order[i])
+        sigma = drafts[keep]
         steps.append(Step(state, sigma[:1]))
     return sigma[:1], accepted_rounds, steps
 

@@ -57,3 +57,16 @@ def test_rsd_drafts_at_a_budget_never_loses_to_its_first_draft_in_passes(session
     assert decoded.trace.passes <= 3 and len(decoded.steps) == len(decoded.trace.accepted) - (
         decoded.trace.accepted[-1][0] >= session.ks[0]
     )
+
+
+def test_drafters_that_agree_are_one_draft_and_the_loop_is_theirs(sessions):
+    """Three copies of GSD verify one draft a pass and end where GSD's own loop ends, at every budget."""
+    for session in sessions[:3]:
+        for budget in (1, 2, 4):
+            session.forget()
+            alone = decode(session, GSDProposer(), budget)
+            session.forget()
+            tripled = decode_drafts_many(session, {0: [GSDProposer()] * 3}, budget)[0]
+            assert tripled.ranking == alone.ranking and tripled.trace.accepted == alone.trace.accepted
+            assert session.fed_sequences[-1] == 1  # one ranking fed, not three
+
