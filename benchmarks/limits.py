@@ -125,10 +125,10 @@ def model_phases(name: str, prompt_tokens: int, repeats: int) -> dict[str, float
     }
 
 
-def floors(phases: dict[str, float], limits: dict[str, float], prompt_tokens: int, bandwidth: str) -> dict[str, float]:
-    """The least each phase can cost on a machine with ``limits``: weights read once, FLOPs at peak."""
-    read = phases["step_bytes"] / (limits[bandwidth] * 1e9)
-    flops = lambda tokens: 2 * phases["parameters"] * tokens / (limits["bf16_tflops"] * 1e12)  # noqa: E731
+def floors(phases: dict[str, float], bandwidth_gbs: float, tflops: float, prompt_tokens: int) -> dict[str, float]:
+    """The least each phase can cost at ``bandwidth_gbs`` and ``tflops``: weights read once, FLOPs at peak."""
+    read = phases["step_bytes"] / (bandwidth_gbs * 1e9)
+    flops = lambda tokens: 2 * phases["parameters"] * tokens / (tflops * 1e12)  # noqa: E731
     return {
         "prefill_floor_s": max(read, flops(prompt_tokens)),
         "step_floor_s": max(read, flops(1)),
@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, gpu = [], []
     for name in names:
         phases = model_phases(name, args.prompt_tokens, args.repeats)
-        rows.append({"model": name, **phases, **floors(phases, limits, args.prompt_tokens, "gemv_bandwidth_gbs")})
-        estimate = floors(phases, {"h100": H100["bandwidth_gbs"], **H100}, args.prompt_tokens, "h100")
+        measured = floors(phases, limits["gemv_bandwidth_gbs"], limits["bf16_tflops"], args.prompt_tokens)
+        rows.append({"model": name, **phases, **measured})
+        estimate = floors(phases, H100["bandwidth_gbs"], H100["bf16_tflops"], args.prompt_tokens)
         gpu.append({"model": name, **estimate})
         print(json.dumps(rows[-1]))
     result = {

@@ -55,10 +55,7 @@ class RSD(pt.Transformer):
         self.text_field = text_field
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        from dacite import from_dict
-        from rank_llm.data import Request
-
-        from rsd_rerank.integrations.rank_llm import rerank_windowed
+        from rsd_rerank.integrations.rank_llm import rerank_windowed, text_request
 
         missing = [c for c in (*_NEEDED, self.text_field) if c not in inp.columns]
         if missing:
@@ -78,12 +75,7 @@ class RSD(pt.Transformer):
             docnos = [str(d) for d in group["docno"]]
             if len(set(docnos)) != len(docnos):
                 raise ValueError(f"query {qid!r} lists a docno twice")
-            candidates = [
-                {"docid": d, "score": float(len(docnos) - i), "doc": {"text": str(t)}}
-                for i, (d, t) in enumerate(zip(docnos, group[self.text_field], strict=True))
-            ]
-            query = {"qid": qid, "text": str(group["query"].iloc[0])}
-            requests.append(from_dict(data_class=Request, data={"query": query, "candidates": candidates}))
+            requests.append(text_request(qid, str(group["query"].iloc[0]), docnos, list(group[self.text_field])))
         frames = []
         for batch in rerank_windowed(self.target, requests, self.decoding, self.prompt, self.batching, self.windows):
             for reranked in batch:

@@ -48,7 +48,7 @@ from rsd_rerank.runs import BatchConfig, WindowConfig, request_chunks
 from rsd_rerank.session import batched_sessions
 from rsd_rerank.targets import Target, load_target
 
-__all__ = ["RSDReranker", "Reranked", "TextReranker", "rerank_windowed"]
+__all__ = ["RSDReranker", "Reranked", "TextReranker", "rerank_windowed", "text_request"]
 
 
 class RSDReranker(ListwiseRankLLM):
@@ -403,6 +403,17 @@ def rerank_windowed(
         warn_context_cuts(reranker.passage_words, prompt)
 
 
+def text_request(qid: str, query: str, docids: Sequence[str], texts: Sequence[Any]) -> Request:
+    """A RankLLM request of ``texts`` in the order given (a retriever's, best first: scores decrease)."""
+    from dacite import from_dict
+
+    candidates = [
+        {"docid": d, "score": float(len(texts) - i), "doc": {"text": str(t)}}
+        for i, (d, t) in enumerate(zip(docids, texts, strict=True))
+    ]
+    return from_dict(data_class=Request, data={"query": {"qid": qid, "text": query}, "candidates": candidates})
+
+
 class TextReranker:
     """One query's texts reranked, the path of the RAG frameworks' adapters (LlamaIndex, LangChain)
     through ``rerank_windowed``: RankLLM's prompts and windows, the batched engine.
@@ -444,15 +455,9 @@ class TextReranker:
     def order(self, query: str, texts: Sequence[str]) -> list[int]:
         """Indices of ``texts`` (given best first, as a retriever ranked them) in their reranked
         order, the first ``top_n`` of them."""
-        from dacite import from_dict
-
         if not texts:
             return []
-        candidates = [
-            {"docid": str(i), "score": float(len(texts) - i), "doc": {"text": str(text)}}
-            for i, text in enumerate(texts)
-        ]
-        request = from_dict(data_class=Request, data={"query": {"qid": "0", "text": query}, "candidates": candidates})
+        request = text_request("0", query, [str(i) for i in range(len(texts))], texts)
         ((reranked,),) = rerank_windowed(
             self.target, [request], self.decoding, self.prompt, BatchConfig(), self.windows
         )

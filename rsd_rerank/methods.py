@@ -87,21 +87,22 @@ def rank_many(
         widths = heads_widths(config.method, heads)
         return {q: tree_decode(session, heads, widths, config.budget, q) for q in queries}
     if runs == "drafts":
-        as_rsd = dataclasses.replace(config, method="rsd")
-        agents: dict[int, Proposer] = {}  # one agent per list length, as below
-        for q in queries:
-            if session.ks[q] not in agents:
-                agents[session.ks[q]] = proposer_for(as_rsd, session, q)
-        drafters = {q: [agents[session.ks[q]], GSDProposer(), JacobiProposer()] for q in queries}
+        agents = _proposers(dataclasses.replace(config, method="rsd"), session, queries)
+        drafters = {q: [agents[q], GSDProposer(), JacobiProposer()] for q in queries}
         return decode_drafts_many(session, drafters, config.budget)
     if runs == "drafted":
         return _drafted(session, config, queries)
     budget = 0 if config.method == "std" else config.budget
-    by_k: dict[int, Proposer] = {}  # one agent per list length, shared by the queries (it holds no state)
+    return decode_many(session, _proposers(config, session, queries), budget)
+
+
+def _proposers(config: DecodingConfig, session: TargetSession, queries: list[int]) -> dict[int, Proposer]:
+    """Each query's proposer: one per list length, shared by the queries (it holds no state)."""
+    by_k: dict[int, Proposer] = {}
     for q in queries:
         if session.ks[q] not in by_k:
             by_k[session.ks[q]] = proposer_for(config, session, q)
-    return decode_many(session, {q: by_k[session.ks[q]] for q in queries}, budget)
+    return {q: by_k[session.ks[q]] for q in queries}
 
 
 def _drafter(session: TargetSession, config: DecodingConfig) -> Target | None:
