@@ -51,7 +51,7 @@ def _run(session: TargetSession, decoder) -> dict:
     return {
         "ranking": decoded.ranking,
         "passes": decoded.trace.passes,
-        "tokens": sum(session.fed_tokens[fed:]),
+        "tokens": session.tokens_fed(fed),
         "seconds": decoded.trace.decode_seconds,
     }
 

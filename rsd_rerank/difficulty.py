@@ -20,14 +20,17 @@ import numpy as np
 from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.metrics import kendall_tau
 from rsd_rerank.prompt import PromptConfig, request_prompts
+from rsd_rerank.registry import REGISTRY
 from rsd_rerank.session import TargetSession
 
 __all__ = [
+    "FIDELITY_METHODS",
     "SWAPS",
     "claim_difficulty",
     "content_figures",
     "greedy_ranker",
     "letter_kt",
+    "method_run",
     "prefix_dependence",
     "shuffle_order",
 ]
@@ -66,23 +69,52 @@ def _kt(pred: Sequence[int], target: Sequence[int]) -> float:
     return float(kendall_tau(np.asarray([pred]), np.asarray([target]))[0])
 
 
-def claim_difficulty(session: TargetSession, query: int = 0, budgets: Sequence[int] = (5,)) -> dict:
-    """One query's figures: KT of the greedy ranking to identifier order and to STD, KT to it of GSD,
-    PDM and consensus at each budget, and the prefix-dependence counts."""
-    greedy = session.greedy_ranking(query)
+FIDELITY_METHODS: tuple[str, ...] = ("gsd", "pdm", "consensus")
+"""The loop methods that need nothing trained: every target's difficulty figures include them."""
+
+
+def method_run(session: TargetSession, config: DecodingConfig, query: int = 0) -> dict:
+    """One decoding run from the prompt (the verified rankings of earlier runs forgotten, so it pays its
+    own passes): its ranking, passes, tokens fed over those passes (every sequence of a pass: a pass
+    that verifies three drafts side by side feeds three rankings' tokens), and decode seconds."""
+    session.forget()
+    fed = len(session.fed_tokens)
+    decoded = rank(session, config, query)
+    return {
+        "ranking": decoded.rankings[0].tolist(),
+        "passes": decoded.trace.passes,
+        "tokens": session.tokens_fed(fed),
+        "seconds": decoded.trace.decode_seconds,
+    }
+
+
+def claim_difficulty(
+    session: TargetSession,
+    query: int = 0,
+    budgets: Sequence[int] = (5,),
+    methods: Sequence[str] = FIDELITY_METHODS,
+    agent: str | None = None,
+) -> dict:
+    """One query's figures: the greedy ranking and its KT to identifier order and to STD; KT to it of
+    each of ``methods`` at each budget (``agent``: the agent of ``rsd`` and ``rsd-drafts``, None for
+    the one they pick); the prefix-dependence counts; and under ``runs`` each run's passes, tokens and
+    seconds (``greedy``: the target's own K - 1 decode steps)."""
+    runs = {"greedy": method_run(session, DecodingConfig("greedy"), query)}
+    greedy = runs["greedy"]["ranking"]
+    runs["std"] = method_run(session, DecodingConfig("std"), query)
+    for t in budgets:
+        for m in methods:
+            companion = {"agent": agent} if REGISTRY[m].companion == "agent" else {}
+            runs[f"{m}@{t}"] = method_run(session, DecodingConfig(m, t, **companion), query)
     k = len(greedy)
-
-    def kt_of(method: str, budget: int = 0) -> float:
-        session.forget()  # every method pays its own passes from the prompt
-        ranking = rank(session, DecodingConfig(method=method, budget=budget), query).rankings[0].tolist()
-        return _kt(ranking, greedy)
-
     record = {
         "k": k,
         "greedy": greedy,
         "kt_identifier": _kt(list(range(k)), greedy),
-        "kt_std": kt_of("std"),
-        **{f"{m}@{t}": kt_of(m, t) for t in budgets for m in ("gsd", "pdm", "consensus")},
+        "kt_std": _kt(runs["std"]["ranking"], greedy),
+        **{name: _kt(run["ranking"], greedy) for name, run in runs.items() if "@" in name},
+        "prefill_seconds": session.prefill_seconds,
+        "runs": {name: {key: v for key, v in run.items() if key != "ranking"} for name, run in runs.items()},
     }
     session.forget()
     record["prefix_changed"], record["prefix_compared"] = prefix_dependence(session, greedy, query)

@@ -98,7 +98,7 @@ class TargetConfig:
     """Which LLM is the target, and where and in what precision it runs."""
 
     model: str | None = None
-    """smollm2 (embedded, default), smollm2-reranker (SmolLM2 fine-tuned as a listwise reranker), random-llama, a local Hugging Face model directory, or a model id in the local HF cache."""
+    """smollm2 (embedded, default), smollm2-reranker (SmolLM2 fine-tuned as a listwise reranker), random-llama, a local Hugging Face model directory, a LoRA adapter folder over the embedded SmolLM2 (a `finetune --method reranker` snapshot), or a model id in the local HF cache."""
     device: str = "auto"
     """auto (CUDA where available, else the CPU), cpu, cuda or cuda:N."""
     dtype: str = "auto"
@@ -508,8 +508,9 @@ def load_target(
     Args:
         model: ``None`` or ``"smollm2"`` for the embedded default; ``"smollm2-reranker"`` for the
             shipped realistic target (SmolLM2 fine-tuned as a listwise reranker); ``"random-llama"`` for
-            the random target that PDM solves; a local directory holding a Hugging Face causal LM, or a model id already
-            in the local Hugging Face cache; a loaded model (then ``tokenizer`` is required); or a
+            the random target that PDM solves; a local directory holding a Hugging Face causal LM, or a
+            LoRA adapter over the embedded SmolLM2 (a ``finetune --method reranker`` snapshot), or a model id
+            already in the local Hugging Face cache; a loaded model (then ``tokenizer`` is required); or a
             ready ``Target``.
         tokenizer: the tokenizer of a loaded ``model``.
         device: ``auto`` (CUDA where available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. A
@@ -547,6 +548,9 @@ def load_target(
         return smollm2_reranker(device=str(where), dtype=str(precision).removeprefix("torch."))
     check_target_name(model)
     path = Path(model).expanduser()
+    if (path / "adapter_config.json").is_file():
+        _check_smollm2_adapter(path)
+        return smollm2_reranker(device=str(where), dtype=str(precision).removeprefix("torch."), adapter=path)
     if path.is_dir():
         return _from_local(path, str(model), where, precision, device_map)
     # A model id already in the local Hugging Face cache (e.g. a GPU user's RankZephyr): read offline,
@@ -556,6 +560,20 @@ def load_target(
             return _from_local(str(model), str(model), where, precision, device_map)
         except OSError as err:
             raise ValueError(f"cannot load {str(model)!r} from the local Hugging Face cache: {str(err)[:300]}") from err
+
+
+def _check_smollm2_adapter(path: Path) -> None:
+    """A LoRA folder is loaded over the embedded SmolLM2, the only base ``finetune`` adapts.
+
+    Raises:
+        ValueError: its ``adapter_config.json`` names another base model.
+    """
+    base = str(json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path", ""))
+    if "smollm2" not in base.lower():
+        raise ValueError(
+            f"--model {path}: a LoRA adapter over {base!r}; only adapters over the embedded SmolLM2 "
+            "(`rsd-rerank finetune --model smollm2`) load as targets"
+        )
 
 
 def _hub_allowed() -> bool:

@@ -33,6 +33,13 @@ class Mutant:
 
 MUTANTS = (
     Mutant(
+        "tokens-fed-counts-one-draft",
+        "rsd_rerank/session/target_session.py",
+        "        return sum(w * n for w, n in zip(widths, sequences, strict=True))\n",
+        "        return sum(widths)\n",
+        ("tests/test_drafts.py::test_a_pass_of_several_drafts_counts_every_drafts_tokens",),
+    ),
+    Mutant(
         "prefix-reuse-off",
         "rsd_rerank/session/verification.py",
         "def shared_prefix(ranking: Sequence[int], held: Sequence[int]) -> int:\n",

@@ -14,12 +14,13 @@ OUT=${OUT:-runs/smollm2-reranker-v1}
     --save-every 25 --snapshot-every 250 --seed 0 --out "$OUT" --resume
 
 # Model choice on the held-out training claims (benchmarks/results/reranker-validation/), then shipping:
-#   for s in 250 500; do python benchmarks/difficulty.py --adapter "$OUT/snapshots/step-$s" --requests "$VAL" \
+#   (made with benchmarks/difficulty.py --adapter DIR, since folded into `rsd-rerank difficulty --model DIR`)
+#   for s in 250 500; do rsd-rerank difficulty --model "$OUT/snapshots/step-$s" --requests "$VAL" \
 #       --queries 8 --max-passage-words 30 --dtype bfloat16 --out benchmarks/results/reranker-validation/difficulty-step$s; done
-#   python benchmarks/difficulty.py --adapter "$OUT/adapter" ... --out benchmarks/results/reranker-validation/difficulty-step759
+#   rsd-rerank difficulty --model "$OUT/adapter" ... --out benchmarks/results/reranker-validation/difficulty-step759
 #   python scripts/ship_reranker.py "$OUT/adapter" --step 759
 # The shipped target's figures on SciFact test claims (candidates in BM25 order, as users' requests come):
-#   python benchmarks/difficulty.py --target smollm2-reranker --requests "$TEST" --queries 100 \
+#   rsd-rerank difficulty --model smollm2-reranker --requests "$TEST" --queries 100 \
 #       --max-passage-words 30 --dtype bfloat16 --out benchmarks/results/difficulty-smollm2-reranker
 #   rsd-rerank compare --model smollm2-reranker --dtype bfloat16 --max-passage-words 30 --requests "$TEST" \
 #       --qrels ../shared/data/beir-scifact/qrels.beir-v1.0.0-scifact.test.txt --methods greedy \

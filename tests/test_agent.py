@@ -240,9 +240,9 @@ def test_rsd_serves_a_model_with_another_tokenizer_through_the_universal_agent(q
     agents keep refusing another tokenizer."""
     import logging
 
-    from rsd_rerank.agent.store import UNIVERSAL, _universal
+    from rsd_rerank.agent.store import UNIVERSAL, _warn_universal
 
-    _universal.cache_clear()  # the warning comes once per target and process
+    _warn_universal.cache_clear()  # the warning comes once per target and process
     from rsd_rerank.methods import DecodingConfig, rank
     from rsd_rerank.prompt import PromptConfig
     from rsd_rerank.targets import tokenizer_fingerprint

@@ -457,12 +457,12 @@ def test_request_files_name_the_encoding_the_request_and_the_candidate(tmp_path,
 
 
 def _no_model(monkeypatch):
-    from rsd_rerank.cli import finetune, options, train
+    from rsd_rerank.cli import difficulty, finetune, options, train
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    for module in (options, train, finetune):  # every room that loads a target
+    for module in (options, train, finetune, difficulty):  # every room that loads a target
         monkeypatch.setattr(module, "target_from", refuse)
 
 

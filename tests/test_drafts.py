@@ -70,3 +70,17 @@ def test_drafters_that_agree_are_one_draft_and_the_loop_is_theirs(sessions):
             assert tripled.ranking == alone.ranking and tripled.trace.accepted == alone.trace.accepted
             assert session.fed_sequences[-1] == 1  # one ranking fed, not three
 
+
+def test_a_pass_of_several_drafts_counts_every_drafts_tokens(sessions):
+    """Tokens per pass (what the difficulty report sets beside Blockwise's and Medusa's trees) count every
+    draft a pass verifies side by side, not one sequence."""
+    several = 0
+    for session in sessions:
+        session.forget()
+        before = len(session.fed_tokens)
+        decode_drafts_many(session, {0: _drafters(session)}, budget=2)
+        widths, drafts = session.fed_tokens[before:], session.fed_sequences[before:]
+        assert drafts[0] == 1  # σ_0 alone, then the distinct drafts of the tail
+        assert session.tokens_fed(before) == sum(w * n for w, n in zip(widths, drafts, strict=True))
+        several += drafts[-1] > 1 and session.tokens_fed(before) > sum(widths)
+    assert several

@@ -122,7 +122,9 @@ def resolve_agent(agent: str | os.PathLike | None, target, k: int) -> Agent:
         ValueError: no such checkpoint, or a K-tied agent that does not fit the target's K or tokenizer.
     """
     if agent is None:
-        agent = DEFAULT_AGENT.get(target.name) or _universal(target.name)
+        agent = default_agent(target.name)
+        if agent == UNIVERSAL:
+            _warn_universal(target.name)
     path = Path(agent)
     if not path.is_dir():
         if not (BUNDLED / str(agent)).is_dir():
@@ -148,14 +150,19 @@ log-probabilities and slots, never a token, so it loads on any tokenizer and ide
 that writes near identifier order (SmolLM2: RSD@5 0.834 against 0.985), hence the warning's advice."""
 
 
+def default_agent(target: str) -> str:
+    """The bundled agent ``rsd`` picks on the target named ``target`` when no ``--agent`` is given."""
+    return DEFAULT_AGENT.get(target, UNIVERSAL)
+
+
 @functools.cache
-def _universal(target: str) -> str:
+def _warn_universal(target: str) -> None:
     # Once per target: the agent is resolved for every query.
     log.warning(
         "no bundled agent was trained on %s; rsd uses the bundled universal agent %r (equivariant, trained "
-        "across targets; it can trail gsd on a model that writes near identifier order: compare them with "
-        "`rsd-rerank compare --methods gsd,rsd`, or train an agent with `rsd-rerank train` and pass --agent DIR)",
+        "across targets; it can trail gsd on a model that writes near identifier order: `rsd-rerank difficulty` "
+        "measures every method on this model and says which to use, or train an agent with `rsd-rerank train` "
+        "and pass --agent DIR)",
         target,
         UNIVERSAL,
     )
-    return UNIVERSAL

@@ -14,12 +14,12 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from rsd_rerank.cli import compare, finetune, index, pipeline, rank_llm, rerank, retrieve, train
+from rsd_rerank.cli import compare, difficulty, finetune, index, pipeline, rank_llm, rerank, retrieve, train
 from rsd_rerank.cli.options import AGENT_FIELDS, TRAIN_FIELDS, config_from, field_docs
 
 __all__ = ["AGENT_FIELDS", "TRAIN_FIELDS", "build_parser", "config_from", "field_docs", "main"]
 
-COMMANDS = (rerank, rank_llm, index, retrieve, pipeline, compare, train, finetune)
+COMMANDS = (rerank, rank_llm, index, retrieve, pipeline, compare, difficulty, train, finetune)
 """The sub-commands in the order ``--help`` lists them."""
 
 
@@ -50,6 +50,10 @@ def _inputs_and_outputs(args: argparse.Namespace) -> tuple[list, list[tuple[Path
         outputs.append((Path(args.requests), False))
     if args.command == "compare":
         outputs += [(Path(args.out).with_suffix(suffix), False) for suffix in (".json", ".md", ".png")]
+    if args.command == "difficulty" and args.out:
+        from rsd_rerank.files import stem_file
+
+        outputs += [(stem_file(Path(args.out), suffix), False) for suffix in (".json", ".md", ".claims.jsonl")]
     if args.command == "train" or (args.command == "finetune" and args.out):
         outputs.append((Path(args.out), True))
     if args.command == "index":

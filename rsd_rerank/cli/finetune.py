@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-# STAR
 from rsd_rerank.cli.options import (
     FINETUNE_FIELDS,
     add_config_options,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-# STAR
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser("index", help="index a corpus flat with Pyserini (contents = title + text)")

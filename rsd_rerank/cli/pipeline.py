@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-# STAR
 from rsd_rerank.cli.options import (
     WINDOW_FIELDS,
     add_config_options,

@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-# STAR
 from rsd_rerank.cli.options import (
     add_config_options,
     add_decoding_options,

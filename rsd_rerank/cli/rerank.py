@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# STAR
 from rsd_rerank.cli.options import (
     WINDOW_FIELDS,
     add_config_options,

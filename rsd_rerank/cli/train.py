@@ -17,8 +17,6 @@ from rsd_rerank.cli.options import (
     ray_workers,
     target_from,
 )
-
-# STAR
 from rsd_rerank.metrics import MEASURES
 from rsd_rerank.training.trainer import TrainConfig
 

@@ -140,6 +140,12 @@ class TargetSession:
         """Sequences in each of those forwards (queries that are done have left the batch)."""
         return self._forward.fed_sequences
 
+    def tokens_fed(self, since: int = 0) -> int:
+        """Tokens fed by the forwards after the first ``since``, every sequence counted (a pass that
+        verifies three drafts side by side feeds three rankings' tokens)."""
+        widths, sequences = self.fed_tokens[since:], self.fed_sequences[since:]
+        return sum(w * n for w, n in zip(widths, sequences, strict=True))
+
     @property
     def forward_seconds(self) -> float:
         """Seconds spent in those forwards."""

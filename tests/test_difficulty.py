@@ -1,0 +1,79 @@
+"""``rsd-rerank difficulty``: every fast method at every budget on the user's own model, the target's
+figures, one recommendation, and a run that resumes from its per-request records."""
+
+import json
+
+import pytest
+
+from rsd_rerank.cli import main
+
+
+def _summary(kts: dict[str, list[float]], tokens: dict[str, float], paper_like: bool) -> dict:
+    """A summary as ``summarise`` writes it, with the given mean KT per method at T = 1, 3, 5."""
+    rows = [
+        {"method": m, "T": t, "KT": [kt, kt, kt], "passes": t, "tokens_per_pass": tokens[m], "decode_seconds": 0.1 * t}
+        for t_index, t in enumerate((1, 3, 5))
+        for m, kts_of in kts.items()
+        for kt in [kts_of[t_index]]
+    ]
+    checks = {"GSD@5": {"value": 0.5, "bound": "<= 0.85", "met": paper_like}}
+    seconds = {"prefill": 0.2, "greedy": 1.0, "std": 0.0}
+    return {"rows": rows, "budgets": [1, 3, 5], "paper_like": checks, "seconds": seconds}
+
+
+def test_the_recommendation_takes_the_best_method_at_the_smallest_budget_that_is_good_enough():
+    from rsd_rerank.integrations.difficulty import recommend
+
+    tokens = {"gsd": 60, "consensus": 60, "pdm": 60, "rsd": 60, "rsd-drafts": 180}
+    # rsd-drafts ties gsd within 0.005 at T = 5: the cheaper per pass wins; gsd reaches 0.95 at T = 3.
+    kts = {"gsd": [0.5, 0.96, 0.990], "consensus": [0.5, 0.8, 0.9], "pdm": [0.6, 0.7, 0.7],
+           "rsd": [0.5, 0.8, 0.85], "rsd-drafts": [0.5, 0.97, 0.994]}  # fmt: skip
+    rec = recommend(_summary(kts, tokens, paper_like=False))
+    assert (rec["method"], rec["budget"]) == ("gsd", 3) and rec["train"].startswith("no:")
+    # A clear winner that never reaches 0.95 is recommended at the largest budget; a paper-like target
+    # with room left is worth an agent.
+    kts["rsd"] = [0.6, 0.85, 0.93]
+    rec = recommend(_summary({**kts, "gsd": [0.4, 0.6, 0.7], "rsd-drafts": [0.4, 0.6, 0.7]}, tokens, paper_like=True))
+    assert (rec["method"], rec["budget"]) == ("rsd", 5) and rec["train"].startswith("yes:")
+    assert rec["kt"] == {1: 0.6, 3: 0.85, 5: 0.93} and rec["train_minutes_per_100_requests"] > 0
+    rec = recommend(_summary({**kts, "gsd": [0.4, 0.6, 0.7], "rsd-drafts": [0.4, 0.6, 0.7]}, tokens, paper_like=False))
+    assert rec["train"].startswith("perhaps:") and "GSD@5" in rec["train"]
+
+
+def test_difficulty_reports_every_method_and_resumes(tiny_llama, train_requests, tmp_path, monkeypatch, capsys):
+    import rsd_rerank.cli.difficulty as room
+    import rsd_rerank.integrations.difficulty as report
+
+    monkeypatch.setattr(room, "target_from", lambda args: tiny_llama)
+    out = tmp_path / "d"
+    args = ["difficulty", "--requests", str(train_requests), "--queries", "2", "--max-passage-words", "20"]
+    assert main([*args, "--budgets", "1,11", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "d.json").read_text())
+    rows = {(r["method"], r["T"]): r for r in summary["rows"]}
+    assert set(rows) == {(m, t) for m in report.REPORT_METHODS for t in (1, 11)}
+    # K = 12: at T = K - 1 every method is the target's greedy ranking (Theorem 1), so the cheapest is
+    # recommended and no agent is worth training.
+    assert all(rows[m, 11]["KT"][0] == 1.0 for m in report.REPORT_METHODS)
+    assert summary["recommendation"]["method"] == "gsd" and summary["recommendation"]["train"].startswith("no:")
+    assert summary["agent"] == "universal"  # no bundled agent was trained on this target
+    assert all(rows[m, 1]["passes"] == 1.0 and rows[m, 1]["tokens_per_pass"] > 0 for m in report.REPORT_METHODS)
+    assert "Use `--method gsd" in printed and (tmp_path / "d.md").read_text() in printed
+    assert len((tmp_path / "d.claims.jsonl").read_text().splitlines()) == 2
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a request already on record was computed again")
+
+    monkeypatch.setattr(report, "claim_difficulty", refuse)
+    assert main([*args, "--budgets", "1,11", "--out", str(out)]) == 0  # every request read back
+    assert json.loads((tmp_path / "d.json").read_text()) == summary
+    with pytest.raises(AssertionError, match="computed again"):  # other settings are other records
+        main([*args, "--budgets", "1,5", "--out", str(out)])
+
+
+def test_a_lora_folder_over_another_base_is_refused(tmp_path):
+    from rsd_rerank.targets import load_target
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "meta-llama/Llama-3.2-3B"}))
+    with pytest.raises(ValueError, match="a LoRA adapter over 'meta-llama/Llama-3.2-3B'"):
+        load_target(str(tmp_path))
