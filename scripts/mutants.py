@@ -33,6 +33,13 @@ class Mutant:
 
 MUTANTS = (
     Mutant(
+        "checkpoint-by-pooled-mean",
+        "rsd_rerank/training/trainer.py",
+        '    return min(float(np.mean([m["KT"] for m in metrics.values()])) for metrics in per_target.values())\n',
+        '    return float(np.mean([np.mean([m["KT"] for m in metrics.values()]) for metrics in per_target.values()]))\n',
+        ("tests/test_training.py::test_the_checkpoint_score_is_the_worst_targets_not_the_pooled_mean",),
+    ),
+    Mutant(
         "tokens-fed-counts-one-draft",
         "rsd_rerank/session/target_session.py",
         "        return sum(w * n for w, n in zip(widths, sequences, strict=True))\n",

@@ -181,15 +181,54 @@ def test_one_agent_learns_from_several_targets(tiny_llama, train_file, tmp_path)
     val = [requests[i] for i in np.random.default_rng(0).permutation(24)[:6]]
     prompt = config.prompt
     cached = {t.name: cached_queries(t, val, prompt, 3) for t in (tiny_llama, other)}
+    targets_by_name = {t.name: t for t in (tiny_llama, other)}
     pooled = validate(agent, [s for t in (tiny_llama, other) for s in _sessions(t, val, prompt, BatchConfig(4))],
                       cached[tiny_llama.name] + cached[other.name])  # fmt: skip
-    assert pooled == agent.metadata["validation"]
+    for t, metrics in pooled.items():
+        assert metrics == pytest.approx(agent.metadata["validation"][t])
+    # Validation is reported per target, and the agent kept is the one whose worst target is best (the
+    # untrained agent, which proposes as consensus does, among the candidates).
+    from rsd_rerank.training.trainer import worst_target
+
+    history = agent.metadata["history"]
+    assert all(set(entry["per_target"]) == {tiny_llama.name, other.name} for entry in history)
+    for name in (tiny_llama.name, other.name):
+        alone = validate(agent, _sessions(targets_by_name[name], val, prompt, BatchConfig(4)), cached[name])
+        assert alone == agent.metadata["per_target"][name]
+    chosen = max(range(len(history)), key=lambda i: (worst_target(history[i]), -i))
+    assert agent.metadata["chosen"] == {"stage": history[chosen]["stage"], "epoch": history[chosen]["epoch"]}
+    assert agent.metadata["per_target"] == history[chosen]["per_target"]
     unseen = random_llama(seed=2, tokenizer=bpe_tokenizer(["[A] > [B] example text " * 20], 300), **shape)
     assert resolve_agent(tmp_path / "both", unseen, 10).config.features == "jacobi"
     with pytest.raises(ValueError, match="must share a tokenizer"):
         train([tiny_llama, unseen], requests, tmp_path / "paper", TrainConfig(agent=AgentConfig("paper", k=10)))
     with pytest.raises(ValueError, match="distinct targets"):
         train([tiny_llama, tiny_llama], requests, tmp_path / "same", config)
+
+
+def test_each_family_of_targets_weighs_the_same_in_stage_1():
+    from rsd_rerank.training.trainer import family, family_weights
+
+    names = ["random-llama(seed=0,init=0.1,h=256,L=4)", "random-llama(seed=1)", "random-llama(seed=2)", "smollm2",
+             "smollm2-reranker", "smollm2-reranker(runs/smollm2-reranker/snapshots/step-400)"]  # fmt: skip
+    assert [family(n) for n in names[3:]] == ["smollm2", "smollm2-reranker", "smollm2-reranker"]
+    weights = family_weights(names)
+    assert sum(weights) == pytest.approx(len(names))
+    by_family = {}
+    for n, w in zip(names, weights, strict=True):
+        by_family[family(n)] = by_family.get(family(n), 0.0) + w
+    assert len(set(round(v, 9) for v in by_family.values())) == 1  # three families, equal weight each
+    assert family_weights(["smollm2"]) == [1.0]
+
+
+def test_the_checkpoint_score_is_the_worst_targets_not_the_pooled_mean():
+    from rsd_rerank.training.trainer import worst_target
+
+    kt = lambda *values: {f"T={t}": {"KT": v} for t, v in zip((1, 3, 5), values, strict=True)}  # noqa: E731
+    suits_most = {"per_target": {"a": kt(0.9, 1.0, 1.0), "b": kt(0.9, 1.0, 1.0), "c": kt(0.1, 0.2, 0.3)}}
+    even = {"per_target": {"a": kt(0.5, 0.6, 0.7), "b": kt(0.5, 0.6, 0.7), "c": kt(0.5, 0.6, 0.7)}}
+    assert worst_target(suits_most) == pytest.approx(0.2)  # pooled it would be 0.667, above the even agent's
+    assert worst_target(even) == pytest.approx(0.6)
 
 
 def test_random_llama_names_pick_a_member_of_the_family():

@@ -77,8 +77,11 @@ def rpo_loss(
     return loss, stats
 
 
-def supervised_loss(agent: Agent, state: Round, target: torch.Tensor) -> torch.Tensor:
-    """Stage I: mean negative log-likelihood of the target rankings [B, K] over the agent's slots.
+def supervised_loss(
+    agent: Agent, state: Round, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Stage I: the negative log-likelihood of the target rankings [B, K] over the agent's slots, per
+    free slot, averaged over states (``weight`` [B]: a weighted average).
 
     The verified prefix and the bonus item of every state are the target's own (Theorem 1), so the
     target's tail after slot i* is exactly what the agent should have proposed.
@@ -86,4 +89,5 @@ def supervised_loss(agent: Agent, state: Round, target: torch.Tensor) -> torch.T
     logits = agent(state)
     free_from = free_slots_from(state.latest_accepted)
     n_free = (target.shape[1] - free_from).clamp(min=1)
-    return -(pl_log_prob(logits, target, free_from) / n_free).mean()
+    nll = -pl_log_prob(logits, target, free_from) / n_free
+    return nll.mean() if weight is None else (weight * nll).sum() / weight.sum()

@@ -79,19 +79,42 @@ class TrainConfig:
         check_ranges(self)
 
 
-def _states(queries: list[CachedQuery]) -> list[tuple[Round, torch.Tensor]]:
-    """Stage I batches: the cached consensus states grouped by round t, with their targets."""
-    by_round: dict[int, list[CachedQuery]] = {}
-    for q in queries:
+def _states(queries: list[CachedQuery], weights: Sequence[float]) -> list[tuple[Round, torch.Tensor, torch.Tensor]]:
+    """Stage I batches: the cached consensus states grouped by round t, with their targets and the
+    weight of each query's states."""
+    by_round: dict[int, list[tuple[CachedQuery, float]]] = {}
+    for q, w in zip(queries, weights, strict=True):
         for t in range(1, q.rankings.shape[0] + 1):
-            by_round.setdefault(t, []).append(q)
+            by_round.setdefault(t, []).append((q, w))
     out = []
     for t, group in sorted(by_round.items()):
-        rankings = torch.stack([q.rankings[:t] for q in group])
-        matrices = torch.stack([q.matrices[:t] for q in group])
-        accepted = torch.stack([q.accepted[:t] for q in group])
-        out.append((Round(rankings, matrices, accepted), torch.stack([q.target for q in group])))
+        rankings = torch.stack([q.rankings[:t] for q, _ in group])
+        matrices = torch.stack([q.matrices[:t] for q, _ in group])
+        accepted = torch.stack([q.accepted[:t] for q, _ in group])
+        wanted = torch.stack([q.target for q, _ in group])
+        out.append((Round(rankings, matrices, accepted), wanted, torch.tensor([w for _, w in group])))
     return out
+
+
+def family(target: str) -> str:
+    """The family of a target name: what comes before its settings (``random-llama(seed=1,…)`` →
+    ``random-llama``; ``smollm2-reranker(runs/…/step-400)`` → ``smollm2-reranker``)."""
+    return target.split("(", 1)[0].split(":", 1)[0]
+
+
+def family_weights(names: Sequence[str]) -> list[float]:
+    """Per target, 1 / (targets of its family), scaled to mean 1: every family's states weigh the same
+    in Stage I however many of its members train the agent (three random Llamas are one family)."""
+    counts = [sum(family(m) == family(n) for m in names) for n in names]
+    raw = [1.0 / c for c in counts]
+    return [w * len(raw) / sum(raw) for w in raw]
+
+
+def worst_target(entry: dict) -> float:
+    """A history entry's score for choosing the checkpoint: the lowest, over targets, of the mean KT over
+    the validation budgets. The pooled mean would let the targets the agent suits hide one it fails."""
+    per_target = entry["per_target"]
+    return min(float(np.mean([m["KT"] for m in metrics.values()])) for metrics in per_target.values())
 
 
 def validate(agent: Agent, sessions: list[TargetSession], queries: list[CachedQuery]) -> dict:
@@ -251,28 +274,55 @@ def train(
         log.info("resuming at %s epoch %d query %d", progress["stage"], progress["epoch"], progress["position"])
 
     val_req = [requests[i] for i in val_idx]
-    val_sessions = [s for t in targets for s in _sessions(t, val_req, config.prompt, batching)]
+    val_sessions = {t.name: _sessions(t, val_req, config.prompt, batching) for t in targets}
+    val_of = {t.name: [cached[i][j] for j in val_idx] for i, t in enumerate(targets)}
 
     def record(stage: str, epoch: int, extra: dict) -> None:
-        metrics = validate(agent, val_sessions, val_q) if val_q else {}
-        entry = {"stage": stage, "epoch": epoch, **extra, "validation": metrics}
+        # Per target (every target holds out the same queries, so the pooled figures are their means).
+        per_target = {name: validate(agent, val_sessions[name], val_of[name]) for name in names} if val_q else {}
+        pooled = {
+            t: {m: float(np.mean([v[t][m] for v in per_target.values()])) for m in metrics}
+            for t, metrics in next(iter(per_target.values()), {}).items()
+        }
+        entry = {"stage": stage, "epoch": epoch, **extra, "validation": pooled, "per_target": per_target}
         progress["history"].append(entry)
-        summary = ", ".join(f"{t} KT {m['KT']:.3f}" for t, m in metrics.items())
-        tqdm.write(f"{stage} epoch {epoch}: {summary}")
+        lines = [f"{stage} epoch {epoch}: " + ", ".join(f"{t} KT {m['KT']:.3f}" for t, m in pooled.items())]
+        if len(per_target) > 1:
+            lines += [
+                f"  {name}: " + ", ".join(f"{t} KT {m['KT']:.3f}" for t, m in metrics.items())
+                for name, metrics in per_target.items()
+            ]
+        tqdm.write("\n".join(lines))
+        if per_target and ("best" not in progress or worst_target(entry) > progress["best"]["worst_target"]):
+            progress["best"] = {"entry": len(progress["history"]) - 1, "worst_target": worst_target(entry),
+                                "state": copy.deepcopy(agent.state_dict())}  # fmt: skip
+
+    def keep_best() -> None:
+        """The agent of the history entry with the best worst target (the untrained one included)."""
+        if "best" in progress:
+            agent.load_state_dict(progress["best"]["state"])
+            chosen = progress["history"][progress["best"]["entry"]]
+            agent.metadata.update(validation=chosen["validation"], per_target=chosen["per_target"],
+                                  chosen={"stage": chosen["stage"], "epoch": chosen["epoch"]})  # fmt: skip
+        agent.metadata["history"] = list(progress["history"])
 
     if progress["stage"] == "stage1":
         if progress["epoch"] == 0 and not progress["history"]:
             record("init", 0, {})
-        stage1 = [(state.to(device), wanted.to(device)) for state, wanted in _states(train_q)]
+        weight_of = family_weights(names)
+        stage1 = [
+            (state.to(device), wanted.to(device), w.to(device))
+            for state, wanted, w in _states(train_q, [weight_of[t] for t, _ in train_of])
+        ]
         while progress["epoch"] < config.stage1_epochs:
             agent.train()
             epoch = progress["epoch"]
             losses = []
             g = _generator(config.seed, 1, epoch)
-            for state, wanted in stage1:
+            for state, wanted, w in stage1:
                 perm = torch.randperm(wanted.shape[0], generator=g)
                 for rows in perm.split(config.batch * 4):
-                    loss = supervised_loss(agent, state.select(rows), wanted[rows])
+                    loss = supervised_loss(agent, state.select(rows), wanted[rows], w[rows])
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -280,8 +330,9 @@ def train(
             progress["epoch"] += 1
             record("stage1", progress["epoch"], {"loss": float(np.mean(losses))})
             _save(out, agent, reference, optimizer, progress)
-        # The Stage I agent is kept as it stands: the paper's "w/o RPO" ablation.
-        agent.metadata.update(validation=progress["history"][-1]["validation"], history=list(progress["history"]))
+        # The Stage I agent (the paper's "w/o RPO" ablation): the best of its epochs on the worst target.
+        # RPO then starts from it.
+        keep_best()
         save_agent(agent, out / "stage1")
         progress.update(stage="rpo", epoch=0, position=0)
         optimizer = torch.optim.Adam(agent.parameters(), lr=config.rpo_lr)
@@ -335,7 +386,6 @@ def train(
         record("rpo", epoch + 1, {k: float(np.mean([x[k] for x in stats])) for k in stats[0]} if stats else {})
         _save(out, agent, reference, optimizer, progress)
 
-    agent.metadata["validation"] = progress["history"][-1]["validation"] if progress["history"] else {}
-    agent.metadata["history"] = progress["history"]
+    keep_best()
     save_agent(agent, out)
     return agent.eval()
