@@ -9,6 +9,8 @@ Accuracy on the 50 held-out training claims (chance 0.2), 10-word passages, LoRA
     # the own passage starts with the claim: 1.0 by step 50, abruptly after step 25
     .venv/bin/python scripts/reranker_probe.py --steps 150 --verbatim-steps 40 --eval-every 10 \
         --out runs/probe/curriculum.jsonl                                # 40 cued steps, then the coarse task
+    # the same held-out check of finetune snapshots (LoRA folders), one JSON line each:
+    .venv/bin/python scripts/reranker_probe.py --adapters runs/smollm2-reranker/snapshots/step-800 ...
 
 A research probe, not the recipe: ``scripts/train_reranker.sh`` is.
 """
@@ -41,6 +43,7 @@ ap.add_argument("--eval-every", type=int, default=25)
 ap.add_argument("--save", default="")
 ap.add_argument("--label-after", action="store_true")
 ap.add_argument("--out", default="/tmp/probe/out.jsonl")
+ap.add_argument("--adapters", nargs="*", default=[], help="only evaluate these LoRA folders (bf16) and stop")
 a = ap.parse_args()
 torch.manual_seed(0)
 t = load_target("smollm2")
@@ -80,6 +83,23 @@ def make(reqs, i, rng, verbatim=None):
     p = request_prompt(tok, dataclasses.replace(r, candidates=cands), pc, None)
     return p, order.index(0)
 
+
+if a.adapters:
+    from rsd_rerank.targets import smollm2_reranker
+
+    for adapter in a.adapters:
+        merged = smollm2_reranker(dtype="bfloat16", adapter=adapter)
+        vrng = random.Random(123)
+        vset = [make(val, i, vrng, verbatim=False) for i in range(len(val))]
+        hits = nll = 0.0
+        with torch.no_grad():
+            for p, gold in vset:
+                logits = merged.model(input_ids=torch.tensor([list(p.token_ids)]), logits_to_keep=1).logits[0, -1]
+                s = logits.float()[list(p.layout.first_ids)]
+                hits += int(s.argmax() == gold)
+                nll += float(-torch.log_softmax(s, -1)[gold])
+        print(json.dumps({"adapter": adapter, "words": a.words, "acc": hits / len(vset), "nll": nll / len(vset)}))
+    raise SystemExit(0)
 
 model = copy.deepcopy(t.model).float().train()
 if not a.full:

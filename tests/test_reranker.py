@@ -150,10 +150,32 @@ def test_easy_lists_put_other_claims_passages_last_and_reshuffle_every_epoch(smo
     assert [docids[j] in own for j in sigma] == [True, True, False, False, False]  # own first, then the foreign
     first, second = (examples.scores[1][docids[j]] for j in sigma[:2])
     assert first >= second  # by the teacher's score
+    # Beside other claims' passages, the own ones shown are the teacher's two best, whatever the shuffle.
+    assert {docids[j] for j in sigma[:2]} == set(sorted(examples.scores[1], key=examples.scores[1].get)[-2:])
     assert examples.example(0, 1)[0].token_ids == prompt.token_ids  # seeded
     later, n_later = examples.training_list(1, 1)
     assert len(later.candidates) == n_later == 8 and {str(c.docid) for c in later.candidates} <= own
     assert examples.training_list(2, 1)[0].candidates != later.candidates  # reshuffled every epoch
+
+
+def test_the_lm_term_never_learns_the_order_of_other_claims_passages(smollm2, train_requests):
+    """With one own passage among foreign ones, only slot 0's identifier is a lesson: the loss (ListMLE
+    and the next-token term alike) is the same whatever order the foreign tail is written in."""
+    from rsd_rerank.training.baselines import FinetuneConfig
+    from rsd_rerank.training.lora import _example_loss
+    from rsd_rerank.training.reranker import RerankerExamples
+
+    config = FinetuneConfig("reranker", teacher="fusion", loss="listmle", list_sizes="5", foreign="4")
+    examples = RerankerExamples(
+        smollm2.tokenizer, read_requests(train_requests), PromptConfig(max_passage_words=10), config, None
+    )
+    prompt, sigma, scored = examples.example(0, 0)
+    assert scored == 1
+    logits = torch.randn(len(prompt.layout.tokens(sigma)) - len(prompt.layout.head) + 1, len(smollm2.tokenizer))
+    tail_reversed = [sigma[0], *reversed(sigma[1:])]
+    loss = _example_loss(logits, prompt, sigma, scored, config)
+    assert loss == _example_loss(logits, prompt, tail_reversed, scored, config)
+    assert loss != _example_loss(logits, prompt, tail_reversed, len(sigma), config)  # all scored: it differs
 
 
 @pytest.mark.parametrize(

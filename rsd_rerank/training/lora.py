@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from rsd_rerank.files import atomic_write, replace_folder, replacing
 from rsd_rerank.targets import Target, weights_fingerprint
-from rsd_rerank.training.reranker import listmle_loss
+from rsd_rerank.training.reranker import identifier_positions, listmle_loss
 
 FinetuneConfig = Any
 """``rsd_rerank.training.baselines.FinetuneConfig`` (not imported: baselines imports this module)."""
@@ -69,6 +69,10 @@ def _ranking_logits(model, batch: list[tuple], device: torch.device, bf16: bool)
 def _example_loss(logits: torch.Tensor, prompt, sigma: list[int], scored: int, config: FinetuneConfig):
     layout = prompt.layout
     ranking = torch.tensor(layout.tokens(sigma)[len(layout.head) :], device=logits.device)
+    if scored < len(sigma) and layout.single_token:
+        # The unscored tail (other claims' passages, in an arbitrary order) teaches the format, not its
+        # identifiers: learning them would teach the model to copy the order it was given.
+        ranking[identifier_positions(layout, len(sigma))[scored:]] = -100  # cross_entropy's ignore_index
     loss = torch.nn.functional.cross_entropy(logits[:-1], ranking)
     if config.method == "first-ft":
         first = logits[0, torch.tensor(layout.first_ids, device=logits.device)]

@@ -241,6 +241,11 @@ class RerankerExamples:
         size = self.sizes[min(epoch, len(self.sizes) - 1)]
         n_foreign = self.foreign[min(epoch, len(self.foreign) - 1)] if self.foreign else 0
         own = request.candidates[: size - n_foreign]
+        if n_foreign:
+            # Among other claims' passages the claim's own are its teacher's best, not any of its top 20:
+            # a weak own passage beside foreign ones is noise, not a lesson in matching (the probes').
+            best = sorted(request.candidates, key=lambda c: -self.scores[i].get(str(c.docid), 0.0))
+            own = best[: size - n_foreign]
         rng = random.Random(f"{self.seed}:{epoch}:{request.query.qid}:foreign")
         others = [j for j in range(len(self.requests)) if j != i]
         taken = {str(c.docid) for c in self.requests[i].candidates}
