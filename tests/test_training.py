@@ -206,6 +206,34 @@ def test_one_agent_learns_from_several_targets(tiny_llama, train_file, tmp_path)
         train([tiny_llama, tiny_llama], requests, tmp_path / "same", config)
 
 
+def test_one_model_under_two_templates_is_two_targets(tiny_llama, train_file, tmp_path, capsys):
+    """The same model prompted with letters and with numbers trains one agent as two targets (the
+    numbers-template variant of the universal agent's recipe), each validated on its own."""
+    import dataclasses
+
+    from rsd_rerank.prompt import PromptConfig
+
+    letters = PromptConfig(max_passage_words=20)
+    numbers = dataclasses.replace(letters, template="rank_zephyr_template.yaml")
+    config = TrainConfig(agent=AgentConfig("equivariant", features="jacobi"), prompt=letters, budget=2,
+                         stage1_epochs=1, val_queries=4)  # fmt: skip
+    agent = train(
+        [tiny_llama, tiny_llama], read_requests(train_file), tmp_path / "two", config, prompts=[letters, numbers]
+    )
+    variant = f"{tiny_llama.name}[rank_zephyr_template.yaml]"
+    assert agent.metadata["targets"] == [tiny_llama.name, variant]
+    assert agent.metadata["identifiers"] == "alpha+numbers"
+    assert set(agent.metadata["per_target"]) == {tiny_llama.name, variant}
+    with pytest.raises(ValueError, match="distinct targets"):
+        train(
+            [tiny_llama, tiny_llama], read_requests(train_file), tmp_path / "same", config, prompts=[numbers, numbers]
+        )
+    args = ["train", "--requests", str(train_file), "--out", str(tmp_path / "cli")]
+    with pytest.raises(SystemExit) as parse_error:  # refused while parsing, before any model loads
+        main([*args, "--with-model", "smollm2@no_such_template.yaml"])
+    assert parse_error.value.code == 2 and "no_such_template.yaml" in capsys.readouterr().err
+
+
 def test_each_family_of_targets_weighs_the_same_in_stage_1():
     from rsd_rerank.training.trainer import family, family_weights
 

@@ -66,7 +66,7 @@ def _guarded(args: argparse.Namespace) -> None:
     from rsd_rerank.files import check_writable, distinct_paths, locked
     from rsd_rerank.targets import check_target_name
 
-    for model in [getattr(args, "model", None), *getattr(args, "with_model", [])]:
+    for model in [getattr(args, "model", None), *(w.model for w in getattr(args, "with_model", []))]:
         if model is not None:  # an unknown name is refused offline, before any work
             check_target_name(model)
     inputs, outputs = _inputs_and_outputs(args)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import NamedTuple
 
 from rsd_rerank.agent import K_TIED, AgentConfig
 from rsd_rerank.cli.options import (
@@ -31,15 +33,39 @@ def add_parser(sub) -> None:
         "--with-model",
         action="append",
         default=[],
-        metavar="MODEL",
+        type=with_model,
+        metavar="MODEL[@TEMPLATE]",
         help="another target (as --model) whose rankings of the same requests train the same agent; repeat (one "
-        "agent across targets: the bundled universal agent's recipe)",
+        "agent across targets: the bundled universal agent's recipe). @TEMPLATE prompts it with another RankLLM "
+        "template, e.g. smollm2@rank_zephyr_template.yaml (numbers as identifiers)",
     )
     add_config_options(p, AgentConfig, AGENT_FIELDS)
     add_config_options(p, TrainConfig, TRAIN_FIELDS)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an agent or a run already in --out")
     p.set_defaults(func=run)
+
+
+class WithModel(NamedTuple):
+    """A ``--with-model`` target: the model (as ``--model``) and its own template (None: ``--template``)."""
+
+    model: str
+    template: str | None
+
+
+def with_model(spec: str) -> WithModel:
+    """``MODEL[@TEMPLATE]``; the template is checked here, before any model loads."""
+    from rsd_rerank.prompt import numeric_identifiers
+
+    model, at, template = spec.partition("@")
+    if not model or (at and not template):
+        raise argparse.ArgumentTypeError(f"{spec!r}: give MODEL or MODEL@TEMPLATE")
+    if template:
+        try:
+            numeric_identifiers(template)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+    return WithModel(model, template or None)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -57,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     config = config_from(TrainConfig, args, TRAIN_FIELDS, agent=agent, prompt=prompt_config(args))
     with ray_workers(args) as workers:
         agent = train(
-            [target_from(args), *(target_from(args, model) for model in args.with_model)],
+            [target_from(args), *(target_from(args, w.model) for w in args.with_model)],
             requests,
             args.out,
             config,
@@ -65,6 +91,13 @@ def run(args: argparse.Namespace) -> None:
             batching=batch_config(args),
             overwrite=args.overwrite,
             precompute=None if workers is None else workers.cache,
+            prompts=[
+                config.prompt,
+                *(
+                    dataclasses.replace(config.prompt, template=w.template or config.prompt.template)
+                    for w in args.with_model
+                ),
+            ],
         )
     for budget, m in agent.metadata["validation"].items():
         print(f"validation {budget}: " + " ".join(f"{name} {m[name]:.4f}" for name in MEASURES))

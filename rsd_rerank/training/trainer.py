@@ -23,7 +23,7 @@ from rsd_rerank.config import bounded, check_ranges
 from rsd_rerank.decoding import decode_many
 from rsd_rerank.files import replacing
 from rsd_rerank.metrics import similarity
-from rsd_rerank.prompt import PromptConfig, request_prompts
+from rsd_rerank.prompt import PromptConfig, numeric_identifiers, request_prompts
 from rsd_rerank.proposers import Round
 from rsd_rerank.runs import BatchConfig
 from rsd_rerank.session import TargetSession, batched_sessions
@@ -98,8 +98,9 @@ def _states(queries: list[CachedQuery], weights: Sequence[float]) -> list[tuple[
 
 def family(target: str) -> str:
     """The family of a target name: what comes before its settings (``random-llama(seed=1,…)`` →
-    ``random-llama``; ``smollm2-reranker(runs/…/step-400)`` → ``smollm2-reranker``)."""
-    return target.split("(", 1)[0].split(":", 1)[0]
+    ``random-llama``; ``smollm2-reranker(runs/…/step-400)`` → ``smollm2-reranker``;
+    ``smollm2[rank_zephyr_template.yaml]`` → ``smollm2``)."""
+    return target.split("(", 1)[0].split(":", 1)[0].split("[", 1)[0]
 
 
 def family_weights(names: Sequence[str]) -> list[float]:
@@ -176,6 +177,7 @@ def train(
     batching: BatchConfig = BatchConfig(),
     overwrite: bool = False,
     precompute: Callable[[list, PromptConfig, int, BatchConfig], None] | None = None,
+    prompts: Sequence[PromptConfig] | None = None,
 ) -> Agent:
     """Train an agent on ``requests`` (RankLLM requests of equal K) and write it to ``out``.
 
@@ -189,6 +191,9 @@ def train(
     (rollouts never span an Adam step, so every trajectory is sampled from the current policy).
     ``precompute(requests, prompt, budget, batching)``, if given, fills the target cache first (e.g.
     Ray workers, ``rsd_rerank.integrations.scale``); the cache then only reads what it wrote.
+    ``prompts``: one prompt setting per target (default: ``config.prompt`` for each), e.g. the same model
+    with numbers for identifiers beside it with letters; a target whose prompt is not ``config.prompt``
+    is named with its template (``smollm2[rank_zephyr_template.yaml]``).
 
     Raises:
         ValueError: too few requests for the validation split, lists of unequal length for a K-tied
@@ -198,7 +203,13 @@ def train(
     """
     out = Path(out)
     targets = [target] if isinstance(target, Target) else list(target)
-    names = [t.name for t in targets]
+    prompts = [config.prompt] * len(targets) if prompts is None else list(prompts)
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompt settings for {len(targets)} targets")
+    names = [
+        t.name if p == config.prompt else f"{t.name}[{Path(p.template).name}]"
+        for t, p in zip(targets, prompts, strict=True)
+    ]
     if not targets or len(set(names)) < len(names):
         raise ValueError(f"train on one or more distinct targets, not {names}")
     if precompute is not None and len(targets) > 1:
@@ -237,7 +248,9 @@ def train(
     if precompute is not None:
         precompute(requests, config.prompt, config.budget, batching)
     # Aligned with the requests by position: qids may repeat (e.g. one query's several windows).
-    cached = [cached_queries(t, requests, config.prompt, config.budget, batching=batching) for t in targets]
+    cached = [
+        cached_queries(t, requests, p, config.budget, batching=batching) for t, p in zip(targets, prompts, strict=True)
+    ]
     # Training examples are (target, request) pairs, the targets' in turn; so are the validation ones.
     train_of = [(t, int(i)) for t in range(len(targets)) for i in train_idx]
     train_req, train_q = [requests[i] for _, i in train_of], [cached[t][i] for t, i in train_of]
@@ -249,8 +262,8 @@ def train(
         "target": " + ".join(names),
         "targets": names,
         "tokenizer": "+".join(fingerprints),
-        "identifiers": "alpha",
-        "template": Path(config.prompt.template).name,
+        "identifiers": "+".join(sorted({"numbers" if numeric_identifiers(p.template) else "alpha" for p in prompts})),
+        "template": "+".join(dict.fromkeys(Path(p.template).name for p in prompts)),
         "training": {k: v for k, v in asdict(config).items() if k != "agent"},
         "data": {
             "train_queries": len(train_q),
@@ -274,8 +287,8 @@ def train(
         log.info("resuming at %s epoch %d query %d", progress["stage"], progress["epoch"], progress["position"])
 
     val_req = [requests[i] for i in val_idx]
-    val_sessions = {t.name: _sessions(t, val_req, config.prompt, batching) for t in targets}
-    val_of = {t.name: [cached[i][j] for j in val_idx] for i, t in enumerate(targets)}
+    val_sessions = {n: _sessions(t, val_req, p, batching) for n, t, p in zip(names, targets, prompts, strict=True)}
+    val_of = {name: [cached[i][j] for j in val_idx] for i, name in enumerate(names)}
 
     def record(stage: str, epoch: int, extra: dict) -> None:
         # Per target (every target holds out the same queries, so the pooled figures are their means).
@@ -357,7 +370,7 @@ def train(
                 session = _sessions(
                     targets[t],
                     [train_req[i] for i in group],
-                    config.prompt,
+                    prompts[t],
                     BatchConfig(len(group), None, batching.batch_invariant),
                 )[0]
                 agent.eval()
