@@ -35,12 +35,14 @@ from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.metrics import MEASURES, bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.proposers import PROPOSERS
-from rsd_rerank.registry import BASELINES, BUDGETED
+from rsd_rerank.registry import BASELINES, BUDGETED, REGISTRY
 from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import load_target
 
 PAIRED_BUDGET = 5
+BESIDE = (*BASELINES, *(m for m in BUDGETED if REGISTRY[m].runs == "drafts"))
+"""What ``--baselines`` may name: the paper's baselines and the several-drafts method."""
 
 
 def _run(session: TargetSession, decoder) -> dict:
@@ -71,9 +73,11 @@ def run_claims(args, target, requests, prompt: PromptConfig, proposers, done: di
                     str(t): _run(session, lambda s, p=proposer, t=t: decode(s, p(s), t)) for t in [0, *args.budgets]
                 }
             for name in args.baselines:
-                ranker = args.rankers.get(name)
+                # rsd-drafts' companion is an agent (--ranker rsd-drafts=AGENT); the others' a ranker or heads.
+                companion = "agent" if REGISTRY[name].companion == "agent" else "ranker"
+                given = {companion: args.rankers.get(name)}
                 record["methods"][name] = {
-                    str(t): _run(session, lambda s, c=DecodingConfig(name, t, ranker=ranker): rank(s, c))
+                    str(t): _run(session, lambda s, c=DecodingConfig(name, t, **given): rank(s, c))
                     for t in (args.budgets if name in BUDGETED else [0])
                 }
             log.write(json.dumps(record) + "\n")
@@ -236,9 +240,14 @@ def main(argv=None, target=None) -> int:
         "--baselines",
         type=lambda s: [m for m in s.split(",") if m],
         default=[],
-        help=f"comma-separated, of {','.join(BASELINES)}",
+        help=f"comma-separated, of {','.join(BESIDE)}",
     )
-    p.add_argument("--ranker", action="append", default=[], help="METHOD=DIR: a baseline's heads or fine-tune")
+    p.add_argument(
+        "--ranker",
+        action="append",
+        default=[],
+        help="METHOD=DIR: a baseline's heads or fine-tune (rsd-drafts: its agent)",
+    )
     p.add_argument(
         "--paired-with",
         action="append",
@@ -260,9 +269,9 @@ def main(argv=None, target=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output stem: writes .json, .md, .claims.jsonl")
     args = p.parse_args(argv)
     args.claims = stem_file(args.out, ".claims.jsonl")
-    unknown = [m for m in args.baselines if m not in BASELINES]
+    unknown = [m for m in args.baselines if m not in BESIDE]
     if unknown:
-        p.error(f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+        p.error(f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BESIDE)}")
     args.rankers = dict(spec.split("=", 1) for spec in args.ranker)
     torch.manual_seed(0)
 

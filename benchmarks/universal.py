@@ -3,9 +3,11 @@ target: random Llamas of unseen seeds (SmolLM2's tokenizer), and a random Llama 
 byte-level BPE trained here on the SciFact *training* requests' text (ChatML template), each with letters
 ([A]..[T]) and numbers ([1]..[20]) as identifiers.
 
-Each target runs ``benchmarks/fidelity.py`` (its ``<out>-<target>.{md,json,claims.jsonl}``, resumable);
-this script then writes ``<out>.{md,json}``: RSD@5 of each agent against max(consensus@5, GSD@5), the
-bar the universal agent must clear by 0.05.
+Each target runs ``benchmarks/fidelity.py`` (its ``<out>-<target>.{md,json,claims.jsonl}``, resumable), with
+PDM and RSD-drafts (the universal agent's, GSD's and PDM's drafts verified together each pass: its rows give
+tokens per pass) beside the agents; this script then writes ``<out>.{md,json}``: at T = 3 and 5, RSD and
+RSD-drafts with the universal agent against max(GSD, consensus), the bar of issue #32 (no more than 0.01
+below it).
 
     .venv/bin/python benchmarks/universal.py --agent runs/agents/universal --out benchmarks/results/universal
 """
@@ -32,7 +34,9 @@ UNSEEN = {  # slug: (random_llama arguments, BPE tokenizer?, template)
     "bpe-seed7-letters": ({"seed": 7}, True, LETTERS),
     "bpe-seed7-numbers": ({"seed": 7}, True, NUMBERS),
 }
-BAR = 0.05
+BAR = -0.01
+"""How far the universal agent may fall below max(GSD, consensus) at T = 3 and 5."""
+BUDGETS = (3, 5)
 
 
 def _bpe(train: Path, vocab_size: int):
@@ -74,45 +78,47 @@ def main(argv=None) -> int:
                 "--requests", str(args.requests), "--queries", str(args.queries), "--dtype", "float32",
                 "--max-passage-words", str(args.max_passage_words), "--template", template,
                 "--agent", f"rsd-universal={args.agent}", *(x for o in others for x in ("--agent", f"rsd-{o}={o}")),
-                "--baselines", "pdm", "--budgets", "1,3,5", "--out", str(stem),
+                "--baselines", "pdm,rsd-drafts", "--ranker", f"rsd-drafts={args.agent}", "--budgets", "1,3,5",
+                "--out", str(stem),
             ],
             target=target,
         )  # fmt: skip
         summary = json.loads(stem.with_suffix(".json").read_text())
-        bar = max(_kt(summary, "consensus", 5), _kt(summary, "gsd", 5))
-        rows.append(
-            {
-                "slug": slug,
-                "target": summary["target"],
-                "template": template,
-                "difficulty": summary["difficulty"],
-                "gsd@5": _kt(summary, "gsd", 5),
-                "consensus@5": _kt(summary, "consensus", 5),
-                "pdm@5": _kt(summary, "pdm", 5),
-                **{f"{a}@5": _kt(summary, a, 5) for a in agents},
-                "universal_minus_bar": _kt(summary, "rsd-universal", 5) - bar,
-                "paired": [d for d in summary["paired_kt_difference"] if d["method"] == "rsd-universal"],
-            }
+        row = {"slug": slug, "target": summary["target"], "template": template, "difficulty": summary["difficulty"],
+               "paired": [d for d in summary["paired_kt_difference"] if d["method"] == "rsd-universal"]}  # fmt: skip
+        for t in BUDGETS:
+            bar = max(_kt(summary, "consensus", t), _kt(summary, "gsd", t))
+            for m in ("gsd", "consensus", "pdm", "rsd-drafts", *agents):
+                row[f"{m}@{t}"] = _kt(summary, m, t)
+            row[f"universal_minus_bar@{t}"] = row[f"rsd-universal@{t}"] - bar
+            row[f"drafts_minus_bar@{t}"] = row[f"rsd-drafts@{t}"] - bar
+        row["drafts_tokens_per_pass"] = next(
+            r["tokens_per_pass"] for r in summary["rows"] if r["method"] == "rsd-drafts" and r["T"] == 5
         )
+        rows.append(row)
     result = {"agent": str(args.agent), "queries": args.queries, "bar": BAR, "dtype": "float32", "rows": rows}
     atomic_write(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    head = ["target", "identifiers", "KT(greedy, STD)", "GSD@5", "consensus@5", "PDM@5", *(f"{a}@5" for a in agents),
-            "universal − max(GSD, consensus)"]  # fmt: skip
+    head = ["target", "identifiers", "KT(greedy, STD)", "T", "GSD", "consensus", "PDM", *agents, "RSD-drafts",
+            "tokens/pass (drafts@5)", "universal − max(GSD, consensus)", "drafts − max(GSD, consensus)"]  # fmt: skip
     lines = [
         "# The universal agent on targets it never saw",
         "",
         f"{args.queries} SciFact test claims, BM25 top 20, passages ≤ {args.max_passage_words} words, fp32; KT to "
-        f"each target's greedy ranking. The bar: universal RSD@5 ≥ max(GSD@5, consensus@5) + {BAR}. Per-target "
-        f"tables with CIs: `{args.out.name}-<target>.md`.",
+        f"each target's greedy ranking at T passes. The bar: no more than {-BAR} below max(GSD, consensus) at T = "
+        f"{' and '.join(map(str, BUDGETS))}. RSD-drafts verifies the universal agent's, GSD's and PDM's drafts "
+        f"together each pass. Per-target tables with CIs: `{args.out.name}-<target>.md`.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for r in rows:
-        cells = [f"`{r['target']}`", "numbers" if r["template"] == NUMBERS else "letters",
-                 f"{r['difficulty']['KT_greedy_vs_std'][0]:.3f}", *(f"{r[c]:.3f}" for c in ("gsd@5", "consensus@5", "pdm@5")),
-                 *(f"{r[f'{a}@5']:.3f}" for a in agents), f"{r['universal_minus_bar']:+.3f}"]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
+        for t in BUDGETS:
+            cells = [f"`{r['target']}`", "numbers" if r["template"] == NUMBERS else "letters",
+                     f"{r['difficulty']['KT_greedy_vs_std'][0]:.3f}", str(t),
+                     *(f"{r[f'{m}@{t}']:.3f}" for m in ("gsd", "consensus", "pdm", *agents, "rsd-drafts")),
+                     f"{r['drafts_tokens_per_pass']:.0f}", f"{r[f'universal_minus_bar@{t}']:+.3f}",
+                     f"{r[f'drafts_minus_bar@{t}']:+.3f}"]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
     atomic_write(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
