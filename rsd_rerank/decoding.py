@@ -143,18 +143,24 @@ def draft_rounds(first_slot: torch.Tensor, k: int, drafters: Sequence[Proposer],
     the tail as each of ``drafters`` orders it (distinct drafts only) in one batched forward; the draft
     with the longest verified prefix is kept (its bonus with it), and every draft's rows join the
     state the drafters read next, the kept one last (so that the rejected row and the latest matrix
-    are its own). The drafter whose draft was kept leads: its next draft comes first, and is the
-    ranking returned when the budget ends (the tail no pass verified is ordered by the drafter that
-    was right most recently). Returns the kept σ [1, K], the kept i* per round and one step per round."""
+    are its own). The drafter with the best record (the most verified slots over the rounds so far;
+    on a tie the one leading already) leads: its next draft comes first, so that it is kept on a tie,
+    and it is the ranking returned when the budget ends (the tail no pass verified is ordered by the
+    drafter that has been right most often on this query). Returns the kept σ [1, K], the kept i* per
+    round and one step per round."""
     sigma = initial_ranking(first_slot)[None]
     owners: list[list[int]] = [list(range(len(drafters)))]  # the drafters behind each row of σ
     lead = 0
+    record = [0] * len(drafters)  # verified slots per drafter, summed over rounds
     accepted_rounds: list[list[int]] = []
     rankings, matrices, accepted, steps = [], [], [], []
     for _ in range(budget):
         v = yield sigma
-        best = int(torch.argmax(v.accepted))  # the first of the longest
-        lead = lead if lead in owners[best] else owners[best][0]
+        best = int(torch.argmax(v.accepted))  # the first of the longest: the lead's on a tie
+        for row, drafted_by in enumerate(owners):
+            for d in drafted_by:
+                record[d] += int(v.accepted[row])
+        lead = max(range(len(drafters)), key=lambda d: (record[d], d == lead))
         accepted_rounds.append([int(v.accepted[best])])
         if int(v.accepted[best]) >= k:
             sigma = sigma[best : best + 1]

@@ -161,6 +161,13 @@ MUTANTS += (
         "best = 0  # the first of the longest",
         (DRAFTS,),
     ),
+    Mutant(
+        "drafts-lead-by-the-last-round",
+        "rsd_rerank/decoding.py",
+        "        lead = max(range(len(drafters)), key=lambda d: (record[d], d == lead))\n",
+        "        lead = lead if lead in owners[best] else owners[best][0]\n",
+        ("tests/test_drafts.py::test_the_drafter_right_most_often_orders_the_unverified_tail",),
+    ),
 )
 
 SLIDING = "tests/test_sliding_window.py::test_a_windowed_model_reranks_as_its_greedy_generate"

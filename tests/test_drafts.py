@@ -84,3 +84,46 @@ def test_a_pass_of_several_drafts_counts_every_drafts_tokens(sessions):
         assert session.tokens_fed(before) == sum(w * n for w, n in zip(widths, drafts, strict=True))
         several += drafts[-1] > 1 and session.tokens_fed(before) > sum(widths)
     assert several
+
+
+class _Fixed:
+    """A drafter that always orders the free items by the same scores."""
+
+    def __init__(self, scores):
+        import torch
+
+        self.fixed = torch.tensor([scores], dtype=torch.float)
+
+    def scores(self, state):
+        return self.fixed
+
+
+def test_the_drafter_right_most_often_orders_the_unverified_tail():
+    """The tail no pass verified is ordered by the drafter with the most verified slots over the rounds,
+    not by whichever was kept last: one lucky round of the agent must not hand it a target's tail that
+    GSD has been predicting all along."""
+    import torch
+
+    from rsd_rerank.decoding import draft_rounds
+    from rsd_rerank.session import Verification
+
+    k = 10
+    low_first, high_first = _Fixed(list(range(k, 0, -1))), _Fixed(list(range(1, k + 1)))
+    loop = draft_rounds(torch.arange(k, 0, -1, dtype=torch.float), k, [low_first, high_first], budget=3)
+
+    def verified(sigma, accepted):
+        n = sigma.shape[0]
+        return Verification(sigma, torch.randn(n, k, k), sigma.clone(), torch.tensor(accepted))
+
+    sigma = loop.send(None)
+    sigma = loop.send(verified(sigma, [1]))  # both drafted σ_0: one slot each
+    assert sigma.shape[0] == 2  # low_first's draft first (it leads), then high_first's
+    sigma = loop.send(verified(sigma, [2, 4]))  # high_first verifies further and leads: 5 slots to 3
+    kept_last = sigma[1]  # its draft now comes first; low_first's is row 1
+    with pytest.raises(StopIteration) as done:
+        loop.send(verified(sigma, [3, 4]))  # low_first's draft is kept this round (4 > 3), 7 slots to 8
+    final, accepted, _ = done.value.value
+    assert accepted == [[1], [4], [4]]
+    assert final[0, :4].tolist() == kept_last[:4].tolist()  # the kept draft's verified prefix
+    tail = final[0, 5:].tolist()
+    assert tail == sorted(tail, reverse=True)  # ordered by high_first, the better record, not low_first
