@@ -1,7 +1,8 @@
 """The universal agent on targets it never saw, beside GSD, consensus, PDM and the agents trained for one
 target: random Llamas of unseen seeds (SmolLM2's tokenizer), and a random Llama whose tokenizer is a
 byte-level BPE trained here on the SciFact *training* requests' text (ChatML template), each with letters
-([A]..[T]) and numbers ([1]..[20]) as identifiers.
+([A]..[T]) and numbers ([1]..[20]) as identifiers; and a target that copies its input order, as listwise LLMs
+largely do: the cue epoch's snapshot of ``scripts/train_reranker.sh`` (run that first).
 
 Each target runs ``benchmarks/fidelity.py`` (its ``<out>-<target>.{md,json,claims.jsonl}``, resumable), with
 PDM and RSD-drafts (the universal agent's, GSD's and PDM's drafts verified together each pass: its rows give
@@ -24,15 +25,19 @@ import fidelity  # noqa: E402
 
 from rsd_rerank.files import atomic_write  # noqa: E402
 from rsd_rerank.runs import read_requests  # noqa: E402
-from rsd_rerank.targets import bpe_tokenizer, random_llama  # noqa: E402
+from rsd_rerank.targets import bpe_tokenizer, load_target, random_llama  # noqa: E402
 
 LETTERS, NUMBERS = "rank_zephyr_alpha_template.yaml", "rank_zephyr_template.yaml"
-UNSEEN = {  # slug: (random_llama arguments, BPE tokenizer?, template)
+COPIER = "runs/smollm2-reranker/snapshots/step-400"
+"""The cue epoch's snapshot of scripts/train_reranker.sh: it copies its input order (KT 0.85 to it on held-out
+training claims), as many listwise LLMs largely do; no bundled agent was trained on it or its family's lists."""
+UNSEEN = {  # slug: (random_llama arguments or a model for load_target, BPE tokenizer?, template)
     "seed7-letters": ({"seed": 7}, False, LETTERS),
     "seed7-numbers": ({"seed": 7}, False, NUMBERS),
     "seed8-init0.05-letters": ({"seed": 8, "initializer_range": 0.05}, False, LETTERS),
     "bpe-seed7-letters": ({"seed": 7}, True, LETTERS),
     "bpe-seed7-numbers": ({"seed": 7}, True, NUMBERS),
+    "reranker-step400-letters": (COPIER, False, LETTERS),
 }
 BAR = -0.01
 """How far the universal agent may fall below max(GSD, consensus) at T = 3 and 5."""
@@ -71,7 +76,10 @@ def main(argv=None) -> int:
     rows = []
     for slug in slugs:
         spec, with_bpe, template = UNSEEN[slug]
-        target = random_llama(**spec, tokenizer=bpe if with_bpe else None)
+        if isinstance(spec, str):
+            target = load_target(spec, dtype="float32")
+        else:
+            target = random_llama(**spec, tokenizer=bpe if with_bpe else None)
         stem = Path(f"{args.out}-{slug}")
         fidelity.main(
             [
