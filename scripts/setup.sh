@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ ! -x .venv/bin/python ]; then
-  if command -v pyenv >/dev/null && pyenv versions --bare | grep -qx '3.12.1'; then
+  # grep reads the whole list: with -q it would stop at the match, and pyenv, writing on into a closed pipe,
+  # could fail the pipeline under pipefail (it did on a busy machine).
+  if command -v pyenv >/dev/null && pyenv versions --bare | grep -x '3.12.1' >/dev/null; then
     PYENV_VERSION=3.12.1 pyenv exec python -m venv .venv
   elif command -v python3.12 >/dev/null; then
     python3.12 -m venv .venv
