@@ -30,9 +30,9 @@ def add_parser(sub) -> None:
     add_config_options(p, TargetConfig, TARGET_FIELDS)
     add_config_options(p, PromptConfig, PROMPT_FIELDS)
     p.add_argument("--requests", required=True, help="RankLLM request JSONL: the candidate lists, in their given order")
-    p.add_argument("--queries", type=at_least(1), default=20, help="only the first N requests")
+    p.add_argument("--queries", type=at_least(1), default=20, help="only the first N requests (default: 20)")
     p.add_argument("--qrels", help="TREC qrels file: nDCG@10 of the greedy ranking and of the request order")
-    p.add_argument("--budgets", type=budget_list, default=[1, 3, 5], help="T values for every method")
+    p.add_argument("--budgets", type=budget_list, default=[1, 3, 5], help="T values for every method (default: 1,3,5)")
     add_config_options(p, DecodingConfig, ["agent"])
     p.add_argument(
         "--out",
