@@ -269,3 +269,36 @@ def test_a_padded_batch_gives_each_example_its_own_logits(tiny_llama, train_requ
         ids = torch.tensor([list(prompt.token_ids) + ranking])
         alone = model(input_ids=ids, logits_to_keep=len(ranking) + 1).logits[0]
         assert rows.shape == alone.shape and torch.allclose(rows, alone, atol=1e-4)
+
+
+def test_a_step_in_chunks_is_the_step_in_one_forward(tiny_llama, train_requests):
+    """Lists too long to go through together (lists of 20) are split into chunks whose gradients are summed:
+    the same gradient as one forward over all of them, and no chunk over its token budget."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from rsd_rerank.training.baselines import FinetuneConfig
+    from rsd_rerank.training.lora import _example_loss, _length, _ranking_logits, chunks
+    from rsd_rerank.training.reranker import RerankerExamples
+
+    requests = read_requests(train_requests)
+    config = FinetuneConfig("reranker", loss="listmle", list_sizes="4,6,12")
+    examples = RerankerExamples(tiny_llama.tokenizer, requests, PromptConfig(max_passage_words=8), config, None)
+    batch = [examples.example(e, i) for e in range(3) for i in range(3)]
+    budget = 2 * max(_length(b) for b in batch)
+    groups = chunks(batch, budget)
+    assert sorted(j for g in groups for j in g) == list(range(len(batch))) and len(groups) > 1
+    assert all(max(_length(batch[j]) for j in g) * len(g) <= budget for g in groups)
+    assert chunks(batch, 10**6) == [list(range(len(batch)))]  # short lists: one forward, as before
+
+    def gradient(parts):
+        torch.manual_seed(0)
+        model = get_peft_model(copy.deepcopy(tiny_llama.model).float(), LoraConfig(r=2, target_modules="all-linear"))
+        for part in parts:
+            items = [batch[j] for j in part]
+            logits = _ranking_logits(model, items, torch.device("cpu"), bf16=False)
+            (sum(_example_loss(lg, *x, config) for lg, x in zip(logits, items, strict=True)) / len(batch)).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    assert torch.allclose(gradient(groups), gradient([list(range(len(batch)))]), atol=1e-5)

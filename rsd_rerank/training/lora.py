@@ -44,6 +44,31 @@ def _ranking_loss(first_logits: torch.Tensor, sigma: list[int]) -> torch.Tensor:
     return (weight * pair).sum() / weight.sum()
 
 
+CHUNK_TOKENS = 4096
+"""Padded tokens of one forward and backward. The lists of an Adam step go through in chunks of at most this
+many (at least one list each), their gradients summed: the same step, in memory that a step of eight lists
+of 20 candidates fits (in one forward it was killed for memory on 24 GB). Lists of 5 fit in one chunk."""
+
+
+def _length(example: tuple) -> int:
+    prompt, sigma, *_ = example
+    return len(prompt.token_ids) + len(prompt.layout.tokens(sigma)) - len(prompt.layout.head)
+
+
+def chunks(batch: list[tuple], tokens: int = CHUNK_TOKENS) -> list[list[int]]:
+    """Consecutive groups of ``batch``'s indices whose padded size (longest × count) stays within ``tokens``;
+    a list longer than that is a group of its own."""
+    groups: list[list[int]] = []
+    for j in range(len(batch)):
+        if groups:
+            width = max(_length(batch[i]) for i in [*groups[-1], j])
+            if width * (len(groups[-1]) + 1) <= tokens:
+                groups[-1].append(j)
+                continue
+        groups.append([j])
+    return groups
+
+
 def _ranking_logits(model, batch: list[tuple], device: torch.device, bf16: bool) -> list[torch.Tensor]:
     """Per example (prompt, σ, …): the logits from the prompt's last position through its ranking
     (``len(ranking) + 1`` rows), from one right-padded forward. The LM head runs on those rows only:
@@ -125,10 +150,14 @@ def train_lora(target: Target, examples, config: FinetuneConfig, out: Path, vali
     while done < len(steps):
         group = steps[done : done + config.accumulate]
         batch = [examples.example(epoch, i) for epoch, i in group]
-        logits = _ranking_logits(model, batch, device, config.bf16_autocast)
-        step_losses = [_example_loss(lg, *example, config) for lg, example in zip(logits, batch, strict=True)]
         optimizer.zero_grad()
-        (sum(step_losses) / len(step_losses)).backward()
+        step_losses = []
+        for chunk in chunks(batch):
+            part = [batch[j] for j in chunk]
+            logits = _ranking_logits(model, part, device, config.bf16_autocast)
+            part_losses = [_example_loss(lg, *example, config) for lg, example in zip(logits, part, strict=True)]
+            (sum(part_losses) / len(batch)).backward()
+            step_losses += part_losses
         optimizer.step()
         losses += [float(loss.detach()) for loss in step_losses]
         before, done = done, done + len(group)
