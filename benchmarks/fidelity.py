@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from rsd_rerank.agent import AgentProposer, exploration_report, resolve_agent
 from rsd_rerank.decoding import decode
+from rsd_rerank.difficulty import decoding_run, method_run
 from rsd_rerank.files import atomic_write, stem_file
-from rsd_rerank.methods import DecodingConfig, rank
+from rsd_rerank.methods import decoding_with
 from rsd_rerank.metrics import MEASURES, bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.proposers import PROPOSERS
@@ -43,19 +44,6 @@ from rsd_rerank.targets import load_target
 PAIRED_BUDGET = 5
 BESIDE = (*BASELINES, *(m for m in BUDGETED if REGISTRY[m].runs == "drafts"))
 """What ``--baselines`` may name: the paper's baselines and the several-drafts method."""
-
-
-def _run(session: TargetSession, decoder) -> dict:
-    """One decoding run from a cold verified-ranking cache: ranking, passes, tokens fed, decode seconds."""
-    session.forget()
-    fed = len(session.fed_tokens)
-    decoded = decoder(session)
-    return {
-        "ranking": decoded.ranking,
-        "passes": decoded.trace.passes,
-        "tokens": session.tokens_fed(fed),
-        "seconds": decoded.trace.decode_seconds,
-    }
 
 
 def run_claims(args, target, requests, prompt: PromptConfig, proposers, done: dict) -> None:
@@ -70,14 +58,13 @@ def run_claims(args, target, requests, prompt: PromptConfig, proposers, done: di
             record = {"qid": qid, "target": greedy, "k": k, "methods": {}}
             for name, proposer in proposers.items():
                 record["methods"][name] = {
-                    str(t): _run(session, lambda s, p=proposer, t=t: decode(s, p(s), t)) for t in [0, *args.budgets]
+                    str(t): decoding_run(session, lambda s, p=proposer, t=t: decode(s, p(s), t))
+                    for t in [0, *args.budgets]
                 }
             for name in args.baselines:
                 # rsd-drafts' companion is an agent (--ranker rsd-drafts=AGENT); the others' a ranker or heads.
-                companion = "agent" if REGISTRY[name].companion == "agent" else "ranker"
-                given = {companion: args.rankers.get(name)}
                 record["methods"][name] = {
-                    str(t): _run(session, lambda s, c=DecodingConfig(name, t, **given): rank(s, c))
+                    str(t): method_run(session, decoding_with(name, t, args.rankers.get(name)))
                     for t in (args.budgets if name in BUDGETED else [0])
                 }
             log.write(json.dumps(record) + "\n")

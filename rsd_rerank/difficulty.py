@@ -17,10 +17,10 @@ from itertools import combinations
 
 import numpy as np
 
-from rsd_rerank.methods import DecodingConfig, rank
+from rsd_rerank.decoding import Decoded
+from rsd_rerank.methods import DecodingConfig, decoding_with, rank
 from rsd_rerank.metrics import kendall_tau
 from rsd_rerank.prompt import PromptConfig, request_prompts
-from rsd_rerank.registry import REGISTRY
 from rsd_rerank.session import TargetSession
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "SWAPS",
     "claim_difficulty",
     "content_figures",
+    "decoding_run",
     "greedy_ranker",
     "letter_kt",
     "method_run",
@@ -73,19 +74,24 @@ FIDELITY_METHODS: tuple[str, ...] = ("gsd", "pdm", "consensus")
 """The loop methods that need nothing trained: every target's difficulty figures include them."""
 
 
-def method_run(session: TargetSession, config: DecodingConfig, query: int = 0) -> dict:
+def decoding_run(session: TargetSession, decoder: Callable[[TargetSession], Decoded]) -> dict:
     """One decoding run from the prompt (the verified rankings of earlier runs forgotten, so it pays its
     own passes): its ranking, passes, tokens fed over those passes (every sequence of a pass: a pass
     that verifies three drafts side by side feeds three rankings' tokens), and decode seconds."""
     session.forget()
     fed = len(session.fed_tokens)
-    decoded = rank(session, config, query)
+    decoded = decoder(session)
     return {
-        "ranking": decoded.rankings[0].tolist(),
+        "ranking": decoded.ranking,
         "passes": decoded.trace.passes,
         "tokens": session.tokens_fed(fed),
         "seconds": decoded.trace.decode_seconds,
     }
+
+
+def method_run(session: TargetSession, config: DecodingConfig, query: int = 0) -> dict:
+    """``decoding_run`` of ``config`` on one query."""
+    return decoding_run(session, lambda s: rank(s, config, query))
 
 
 def claim_difficulty(
@@ -96,16 +102,15 @@ def claim_difficulty(
     agent: str | None = None,
 ) -> dict:
     """One query's figures: the greedy ranking and its KT to identifier order and to STD; KT to it of
-    each of ``methods`` at each budget (``agent``: the agent of ``rsd`` and ``rsd-drafts``, None for
-    the one they pick); the prefix-dependence counts; and under ``runs`` each run's passes, tokens and
+    each of ``methods`` at each budget (``agent``: the companion of the methods that take an agent,
+    None for the one they pick); the prefix-dependence counts; and under ``runs`` each run's passes, tokens and
     seconds (``greedy``: the target's own K - 1 decode steps)."""
     runs = {"greedy": method_run(session, DecodingConfig("greedy"), query)}
     greedy = runs["greedy"]["ranking"]
     runs["std"] = method_run(session, DecodingConfig("std"), query)
     for t in budgets:
         for m in methods:
-            companion = {"agent": agent} if REGISTRY[m].companion == "agent" else {}
-            runs[f"{m}@{t}"] = method_run(session, DecodingConfig(m, t, **companion), query)
+            runs[f"{m}@{t}"] = method_run(session, decoding_with(m, t, agent), query)
     k = len(greedy)
     record = {
         "k": k,

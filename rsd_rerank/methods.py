@@ -23,7 +23,16 @@ from rsd_rerank.registry import BUDGETED, HEADS, METHODS, RANKER_OF, REGISTRY, T
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target, load_target, tokenizer_fingerprint
 
-__all__ = ["BUDGETED", "METHODS", "TRAINED_BASELINES", "DecodingConfig", "proposer_for", "rank", "rank_many"]
+__all__ = [
+    "BUDGETED",
+    "METHODS",
+    "TRAINED_BASELINES",
+    "DecodingConfig",
+    "decoding_with",
+    "proposer_for",
+    "rank",
+    "rank_many",
+]
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,13 @@ class DecodingConfig:
         check_ranges(self)
         if self.ranker is not None and REGISTRY[self.method].companion in (None, "agent"):
             raise ValueError(f"--ranker is for sdm, {', '.join(HEADS)} and {', '.join(RANKER_OF)}, not {self.method}")
+
+
+def decoding_with(method: str, budget: int, companion: str | None) -> DecodingConfig:
+    """``method`` under ``budget`` with its companion (None: the default one) where the registry puts it:
+    ``agent`` for the methods that take an agent (rsd, rsd-drafts), ``ranker`` for the rest."""
+    where = "agent" if REGISTRY[method].companion == "agent" else "ranker"
+    return DecodingConfig(method, budget, **{where: companion})
 
 
 def proposer_for(config: DecodingConfig, session: TargetSession, query: int = 0) -> Proposer:

@@ -254,7 +254,7 @@ def train(
     # Training examples are (target, request) pairs, the targets' in turn; so are the validation ones.
     train_of = [(t, int(i)) for t in range(len(targets)) for i in train_idx]
     train_req, train_q = [requests[i] for _, i in train_of], [cached[t][i] for t, i in train_of]
-    val_q = [cached[t][i] for t in range(len(targets)) for i in val_idx]
+    val_of = {name: [cached[t][i] for i in val_idx] for t, name in enumerate(names)}
 
     torch.manual_seed(config.seed)
     metadata = {
@@ -267,7 +267,7 @@ def train(
         "training": {k: v for k, v in asdict(config).items() if k != "agent"},
         "data": {
             "train_queries": len(train_q),
-            "val_queries": len(val_q),
+            "val_queries": len(names) * len(val_idx),
             "k": sorted(ks),
         },
     }
@@ -288,11 +288,10 @@ def train(
 
     val_req = [requests[i] for i in val_idx]
     val_sessions = {n: _sessions(t, val_req, p, batching) for n, t, p in zip(names, targets, prompts, strict=True)}
-    val_of = {name: [cached[i][j] for j in val_idx] for i, name in enumerate(names)}
 
     def record(stage: str, epoch: int, extra: dict) -> None:
         # Per target (every target holds out the same queries, so the pooled figures are their means).
-        per_target = {name: validate(agent, val_sessions[name], val_of[name]) for name in names} if val_q else {}
+        per_target = {name: validate(agent, val_sessions[name], val_of[name]) for name in names} if len(val_idx) else {}
         pooled = {
             t: {m: float(np.mean([v[t][m] for v in per_target.values()])) for m in metrics}
             for t, metrics in next(iter(per_target.values()), {}).items()
@@ -306,9 +305,9 @@ def train(
                 for name, metrics in per_target.items()
             ]
         tqdm.write("\n".join(lines))
-        if per_target and ("best" not in progress or worst_target(entry) > progress["best"]["worst_target"]):
-            progress["best"] = {"entry": len(progress["history"]) - 1, "worst_target": worst_target(entry),
-                                "state": copy.deepcopy(agent.state_dict())}  # fmt: skip
+        best = progress.get("best")
+        if per_target and (best is None or worst_target(entry) > worst_target(progress["history"][best["entry"]])):
+            progress["best"] = {"entry": len(progress["history"]) - 1, "state": copy.deepcopy(agent.state_dict())}
 
     def keep_best() -> None:
         """The agent of the history entry with the best worst target (the untrained one included)."""
