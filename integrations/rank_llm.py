@@ -61,7 +61,8 @@ class RSDReranker(ListwiseRankLLM):
         prompt_template_path: a RankLLM ``singleturn_listwise`` template (name of a bundled one, or
             a path); its output format picks the identifiers: letters (``rank_zephyr_alpha_template.yaml``,
             the default) or numbers (RankZephyr's ``rank_zephyr_template.yaml``, any window size).
-        method: ``rsd`` (the learned agent), ``greedy`` (the LLM's own ranking), ``std``, ``gsd``,
+        method: ``rsd-drafts`` (default: the learned agent's, GSD's and PDM's drafts a pass), ``rsd`` (the
+            learned agent's alone, as in the paper), ``greedy`` (the LLM's own ranking), ``std``, ``gsd``,
             ``consensus``, or one of the paper's baselines (``rsd_rerank.methods.METHODS``).
         budget: LLM verification passes per window.
         agent: for ``rsd`` and ``rsd-drafts``, an agent checkpoint directory or bundled name; None picks the bundled
@@ -433,7 +434,7 @@ class TextReranker:
     def __init__(
         self,
         model: Any = None,
-        method: str = "rsd",
+        method: str = DecodingConfig.method,
         budget: int = 5,
         agent: str | None = None,
         top_n: int | None = None,

@@ -39,12 +39,15 @@ __all__ = [
 class DecodingConfig:
     """How a candidate list is decoded."""
 
-    method: str = "rsd"
-    """The decoding method (``rsd_rerank.registry``: the README's methods table)."""
+    method: str = "rsd-drafts"
+    """The decoding method (``rsd_rerank.registry``: the README's methods table). The default verifies the
+    agent's, GSD's and PDM's drafts together each pass: it keeps the longest verified prefix, so it never
+    verifies less than ``rsd`` (the paper's single draft) and stays level with GSD on models that copy their
+    input order, where an agent not trained on the model falls behind (issue #32), at about 2× a pass's tokens."""
     budget: int = bounded(5, 0)
     """T: LLM verification passes after the prompt (the budgeted methods: gsd, consensus, rsd, rsd-drafts, sdm, blockwise, medusa, pdm, first-sd)."""
     agent: str | None = None
-    """``rsd`` only: an agent checkpoint directory or a bundled agent's name; None picks the bundled
+    """``rsd`` and ``rsd-drafts`` only: an agent checkpoint directory or a bundled agent's name; None picks the bundled
     agent trained on the target."""
     ranker: str | None = None
     """The baselines' companion: heads (``blockwise``, ``medusa``) or fine-tuned ranker (``first-ft``,

@@ -195,7 +195,7 @@ def test_device_and_dtype_errors_name_the_option_and_touch_nothing(tmp_path, req
     requests = tmp_path / "r.jsonl"
     requests.write_text("".join(json.dumps(r) + "\n" for r in requests_json))
     out = tmp_path / "run.trec"
-    previous = "other Q0 d1 1 1 rsd-rerank.rsd5\n"
+    previous = "other Q0 d1 1 1 rsd-rerank.rsd-drafts5\n"
     out.write_text(previous)
     base = ["rerank", "--model", "random-llama", "--requests", str(requests), "--output", str(out), "--resume"]
     if not torch.cuda.is_available():
@@ -245,7 +245,7 @@ def test_cpu_bfloat16_produces_a_run(tmp_path, requests_json):
     args = ["rerank", "--model", "random-llama", "--device", "cpu", "--dtype", "bfloat16", "--batch-size", "2"]
     assert main([*args, "--requests", str(requests), "--output", str(out)]) == 0
     lines = [line.split() for line in out.read_text().splitlines()]
-    assert len(lines) == 40 and {line[5] for line in lines} == {"rsd-rerank.rsd5"}
+    assert len(lines) == 40 and {line[5] for line in lines} == {"rsd-rerank.rsd-drafts5"}
 
 
 @pytest.mark.parametrize(

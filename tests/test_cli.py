@@ -81,7 +81,7 @@ def test_single_candidate_is_returned_without_an_llm_call(tmp_path, capsys):
     assert (
         main(["rerank", "--requests", str(_write_requests(tmp_path / "r.jsonl", [request])), "--output", str(out)]) == 0
     )
-    assert _run_lines(out) == [["7", "Q0", "d1", "1", "1", "rsd-rerank.rsd5"]]
+    assert _run_lines(out) == [["7", "Q0", "d1", "1", "1", "rsd-rerank.rsd-drafts5"]]
     assert "passes=0" in capsys.readouterr().out
 
 

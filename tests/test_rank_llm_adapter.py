@@ -54,17 +54,17 @@ def test_reranker_windows_equal_the_greedy_target(tiny_llama, long_request, tmp_
     assert all(a > b for a, b in zip(scores, scores[1:], strict=False))
 
 
-def test_embedded_model_default_is_rsd_with_its_bundled_agent(smollm2, requests_json):
+def test_embedded_model_default_is_rsd_drafts_with_its_bundled_agent(smollm2, requests_json):
     request = Request(
         query=Query(**requests_json[1]["query"]),
         candidates=[Candidate(**c) for c in requests_json[1]["candidates"]],
     )
     reranker = RSDReranker(smollm2, budget=2)
-    assert reranker._decoding.method == "rsd"
+    assert reranker._decoding.method == "rsd-drafts"
     (result,) = Reranker(reranker).rerank_batch([request], rank_end=20, populate_invocations_history=True)
     assert sorted(c.docid for c in result.candidates) == sorted(c.docid for c in request.candidates)
     usage = result.invocations_history[0].token_usage
-    assert usage["passes"] == 2 and usage["method"] == "rsd"
+    assert usage["passes"] == 2 and usage["method"] == "rsd-drafts"
 
 
 def test_adapter_input_errors(tiny_llama, long_request):
