@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fidelity  # noqa: E402
 
-from rsd_rerank.files import atomic_write  # noqa: E402
+from rsd_rerank.files import atomic_write, stem_file  # noqa: E402
 from rsd_rerank.runs import read_requests  # noqa: E402
 from rsd_rerank.targets import bpe_tokenizer, load_target, random_llama  # noqa: E402
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             ],
             target=target,
         )  # fmt: skip
-        summary = json.loads(stem.with_suffix(".json").read_text())
+        summary = json.loads(stem_file(stem, ".json").read_text())
         row = {"slug": slug, "target": summary["target"], "template": template, "difficulty": summary["difficulty"],
                "paired": [d for d in summary["paired_kt_difference"] if d["method"] == "rsd-universal"]}  # fmt: skip
         for t in BUDGETS:
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         )
         rows.append(row)
     result = {"agent": str(args.agent), "queries": args.queries, "bar": BAR, "dtype": "float32", "rows": rows}
-    atomic_write(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic_write(stem_file(args.out, ".json"), json.dumps(result, indent=2) + "\n")
     head = ["target", "identifiers", "KT(greedy, STD)", "T", "GSD", "consensus", "PDM", *agents, "RSD-drafts",
             "tokens/pass (drafts@5)", "universal − max(GSD, consensus)", "drafts − max(GSD, consensus)"]  # fmt: skip
     lines = [
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                      f"{r['drafts_tokens_per_pass']:.0f}", f"{r[f'universal_minus_bar@{t}']:+.3f}",
                      f"{r[f'drafts_minus_bar@{t}']:+.3f}"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
-    atomic_write(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write(stem_file(args.out, ".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
