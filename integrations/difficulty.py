@@ -11,18 +11,22 @@ for this model is worth its minutes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from rsd_rerank.agent.store import resolve_agent
 from rsd_rerank.difficulty import SWAPS, claim_difficulty, content_figures, greedy_ranker, letter_kt
 from rsd_rerank.metrics import bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import Target
+from rsd_rerank.training.cache import target_fingerprint
 
 __all__ = ["REPORT_METHODS", "claim_records", "judged_by_query", "markdown", "ndcg_at_10", "recommend", "summarise"]
 
@@ -58,6 +62,15 @@ def judged_by_query(qrels: Sequence) -> dict[str, dict[str, int]]:
     return out
 
 
+def _agent_digest(agent) -> str:
+    """sha256 of an agent's weights, byte for byte."""
+    digest = hashlib.sha256()
+    for name, tensor in agent.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def claim_records(
     target: Target,
     requests: Sequence,
@@ -72,8 +85,10 @@ def claim_records(
     With ``claims``, records are appended there as they come and those of an earlier run with the same
     settings are read back instead of recomputed: a killed run resumes.
     """
-    key = {"target": target.name, "prompt": [prompt.template, prompt.max_passage_words], "budgets": list(budgets),
-           "agent": agent, "methods": list(REPORT_METHODS)}  # fmt: skip
+    # Weights, not names, key the records: a retrained agent or snapshot under the same name recomputes.
+    agent_weights = _agent_digest(resolve_agent(agent, target, len(requests[0].candidates))) if requests else None
+    key = {"target": target_fingerprint(target), "prompt": [prompt.template, prompt.max_passage_words],
+           "budgets": list(budgets), "agent": [agent, agent_weights], "methods": list(REPORT_METHODS)}  # fmt: skip
     done: dict[str, dict] = {}
     if claims is not None and claims.exists():
         for line in claims.read_text().splitlines():

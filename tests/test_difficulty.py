@@ -4,6 +4,7 @@ figures, one recommendation, and a run that resumes from its per-request records
 import json
 
 import pytest
+import torch
 
 from rsd_rerank.cli import main
 
@@ -69,6 +70,15 @@ def test_difficulty_reports_every_method_and_resumes(tiny_llama, train_requests,
     assert json.loads((tmp_path / "d.json").read_text()) == summary
     with pytest.raises(AssertionError, match="computed again"):  # other settings are other records
         main([*args, "--budgets", "1,5", "--out", str(out)])
+    # Records are keyed by the agent's weights, not its name: a retrained `universal` recomputes.
+    from rsd_rerank.agent.store import resolve_agent
+
+    retrained = resolve_agent(None, tiny_llama, 12)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.5)
+    monkeypatch.setattr(report, "resolve_agent", lambda *a, **k: retrained)
+    with pytest.raises(AssertionError, match="computed again"):
+        main([*args, "--budgets", "1,11", "--out", str(out)])
 
 
 def test_a_lora_folder_over_another_base_is_refused(tmp_path):
