@@ -21,6 +21,7 @@ from rsd_rerank.decoding import Decoded
 from rsd_rerank.methods import DecodingConfig, decoding_with, rank
 from rsd_rerank.metrics import kendall_tau
 from rsd_rerank.prompt import PromptConfig, request_prompts
+from rsd_rerank.registry import REGISTRY
 from rsd_rerank.session import TargetSession
 
 __all__ = [
@@ -110,7 +111,8 @@ def claim_difficulty(
     runs["std"] = method_run(session, DecodingConfig("std"), query)
     for t in budgets:
         for m in methods:
-            runs[f"{m}@{t}"] = method_run(session, decoding_with(m, t, agent), query)
+            companion = agent if REGISTRY[m].companion == "agent" else None  # gsd, consensus, pdm take none
+            runs[f"{m}@{t}"] = method_run(session, decoding_with(m, t, companion), query)
     k = len(greedy)
     record = {
         "k": k,

@@ -61,6 +61,9 @@ def test_difficulty_reports_every_method_and_resumes(tiny_llama, train_requests,
     assert all(rows[m, 1]["passes"] == 1.0 and rows[m, 1]["tokens_per_pass"] > 0 for m in report.REPORT_METHODS)
     assert "Use `--method gsd" in printed and (tmp_path / "d.md").read_text() in printed
     assert len((tmp_path / "d.claims.jsonl").read_text().splitlines()) == 2
+    # --agent goes to the methods that take one; gsd, consensus and pdm run without it
+    assert main([*args, "--queries", "1", "--budgets", "1", "--agent", "universal", "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["agent"] == "universal"
 
     def refuse(*args, **kwargs):
         raise AssertionError("a request already on record was computed again")
