@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from rsd_rerank.agent.store import resolve_agent
@@ -25,7 +24,7 @@ from rsd_rerank.difficulty import SWAPS, claim_difficulty, content_figures, gree
 from rsd_rerank.metrics import bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.session import TargetSession
-from rsd_rerank.targets import Target
+from rsd_rerank.targets import Target, hash_tensors
 from rsd_rerank.training.cache import target_fingerprint
 
 __all__ = ["REPORT_METHODS", "claim_records", "judged_by_query", "markdown", "ndcg_at_10", "recommend", "summarise"]
@@ -65,9 +64,7 @@ def judged_by_query(qrels: Sequence) -> dict[str, dict[str, int]]:
 def _agent_digest(agent) -> str:
     """sha256 of an agent's weights, byte for byte."""
     digest = hashlib.sha256()
-    for name, tensor in agent.state_dict().items():
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    hash_tensors(digest, agent.state_dict().items())
     return digest.hexdigest()[:16]
 
 

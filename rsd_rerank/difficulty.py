@@ -18,7 +18,7 @@ from itertools import combinations
 import numpy as np
 
 from rsd_rerank.decoding import Decoded
-from rsd_rerank.methods import DecodingConfig, decoding_with, rank
+from rsd_rerank.methods import DecodingConfig, rank
 from rsd_rerank.metrics import kendall_tau
 from rsd_rerank.prompt import PromptConfig, request_prompts
 from rsd_rerank.registry import REGISTRY
@@ -112,7 +112,7 @@ def claim_difficulty(
     for t in budgets:
         for m in methods:
             companion = agent if REGISTRY[m].companion == "agent" else None  # gsd, consensus, pdm take none
-            runs[f"{m}@{t}"] = method_run(session, decoding_with(m, t, companion), query)
+            runs[f"{m}@{t}"] = method_run(session, DecodingConfig(m, t, agent=companion), query)
     k = len(greedy)
     record = {
         "k": k,

@@ -214,15 +214,21 @@ def weights_fingerprint(model) -> str:
     at a time.
     """
     if model not in _WEIGHTS_FINGERPRINTS:
-        import torch
-
         digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            flat = tensor.detach().reshape(-1).contiguous()
-            digest.update(flat.view(torch.uint8).cpu().numpy().tobytes())
+        hash_tensors(digest, [*model.named_parameters(), *model.named_buffers()])
         _WEIGHTS_FINGERPRINTS[model] = digest.hexdigest()[:16]
     return _WEIGHTS_FINGERPRINTS[model]
+
+
+def hash_tensors(digest, named_tensors) -> None:
+    """Feed each (name, tensor) to ``digest``: name, dtype and shape, then its bytes in its own dtype,
+    moved to the CPU one at a time."""
+    import torch
+
+    for name, tensor in named_tensors:
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        flat = tensor.detach().reshape(-1).contiguous()
+        digest.update(flat.view(torch.uint8).cpu().numpy().tobytes())
 
 
 def cache_dir() -> Path:
