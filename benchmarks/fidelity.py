@@ -6,7 +6,8 @@ pass and decode seconds per query beside fidelity.
 For every claim the target's constrained greedy ranking is computed once; every method then runs
 once per budget on the same session (its KV of the last ranking forgotten, so each run pays its own
 passes). Per-claim results are appended to ``<out>.claims.jsonl`` as they come, so an interrupted run
-resumes where it stopped.
+resumes where it stopped; they are keyed by the weights of the target and of every agent and companion
+(not their names), so a retrained agent is measured again.
 
     .venv/bin/python benchmarks/fidelity.py --target random-llama --queries 100 \\
         --agent rsd=random-llama --baselines sdm,blockwise,medusa,pdm,first-ft,rankzephyr-ft,first-sd \\
@@ -22,13 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from rsd_rerank.agent import AgentProposer, exploration_report, resolve_agent
+from rsd_rerank.agent import AgentProposer, agent_digest, exploration_report, resolve_agent
+from rsd_rerank.companions import companion_digest
 from rsd_rerank.decoding import decode
 from rsd_rerank.difficulty import decoding_run, method_run
 from rsd_rerank.files import atomic_write, stem_file
@@ -36,14 +39,37 @@ from rsd_rerank.methods import decoding_with
 from rsd_rerank.metrics import MEASURES, bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.proposers import PROPOSERS
-from rsd_rerank.registry import BASELINES, BUDGETED, REGISTRY
+from rsd_rerank.registry import BASELINES, BUDGETED, REGISTRY, TRAINED_BASELINES
 from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import load_target
+from rsd_rerank.training.cache import target_fingerprint
 
 PAIRED_BUDGET = 5
 BESIDE = (*BASELINES, *(m for m in BUDGETED if REGISTRY[m].runs == "drafts"))
 """What ``--baselines`` may name: the paper's baselines and the several-drafts method."""
+
+
+def records_key(args, target, prompt: PromptConfig, agents: dict, k: int) -> dict:
+    """What a claim's record depends on: the weights of the target, of every ``--agent`` and of every
+    baseline's companion (a name can outlive a retraining), the prompt and the budgets."""
+    companions = {}
+    for name in args.baselines:
+        spec = args.rankers.get(name)
+        if REGISTRY[name].companion == "agent":
+            companions[name] = agent_digest(resolve_agent(spec, target, k))
+        elif name in TRAINED_BASELINES:
+            companions[name] = companion_digest(spec, target, name)
+        else:
+            companions[name] = spec  # pdm: none; sdm: the drafter model's name, if any
+    key = {
+        "target": target_fingerprint(target),
+        "prompt": asdict(prompt),
+        "budgets": args.budgets,
+        "agents": {name: agent_digest(agent) for name, agent in agents.items()},
+        "baselines": companions,
+    }
+    return json.loads(json.dumps(key))  # as a record read back holds it
 
 
 def run_claims(args, target, requests, prompt: PromptConfig, proposers, done: dict) -> None:
@@ -55,7 +81,7 @@ def run_claims(args, target, requests, prompt: PromptConfig, proposers, done: di
             session = TargetSession.from_request(target, request, prompt)
             greedy = session.greedy_ranking()
             k = session.k
-            record = {"qid": qid, "target": greedy, "k": k, "methods": {}}
+            record = {"qid": qid, "key": args.key, "target": greedy, "k": k, "methods": {}}
             for name, proposer in proposers.items():
                 record["methods"][name] = {
                     str(t): decoding_run(session, lambda s, p=proposer, t=t: decode(s, p(s), t))
@@ -274,14 +300,15 @@ def main(argv=None, target=None) -> int:
         agents[name] = resolve_agent(checkpoint, target, k)
         proposers[name] = lambda s, a=agents[name]: AgentProposer(a)
 
+    prompt = PromptConfig(template=args.template, max_passage_words=args.max_passage_words)
+    args.key = records_key(args, target, prompt, agents, k)
     done = {}
     if args.claims.exists():
         for line in args.claims.read_text().splitlines():
             record = json.loads(line)
-            if set(record["methods"]) == {*proposers, *args.baselines}:
+            if record.get("key") == args.key and set(record["methods"]) == {*proposers, *args.baselines}:
                 done[record["qid"]] = record
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    prompt = PromptConfig(template=args.template, max_passage_words=args.max_passage_words)
     run_claims(args, target, requests, prompt, proposers, done)
     records = [done[str(r.query.qid)] for r in requests]
     summary = summarise(args, target.name, records, list(agents))

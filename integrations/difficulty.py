@@ -11,7 +11,6 @@ for this model is worth its minutes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rsd_rerank.agent.store import resolve_agent
+from rsd_rerank.agent.store import agent_digest, resolve_agent
 from rsd_rerank.difficulty import SWAPS, claim_difficulty, content_figures, greedy_ranker, letter_kt
 from rsd_rerank.metrics import bootstrap_mean, kendall_tau
 from rsd_rerank.prompt import PromptConfig
 from rsd_rerank.session import TargetSession
-from rsd_rerank.targets import Target, hash_tensors
+from rsd_rerank.targets import Target
 from rsd_rerank.training.cache import target_fingerprint
 
 __all__ = ["REPORT_METHODS", "claim_records", "judged_by_query", "markdown", "ndcg_at_10", "recommend", "summarise"]
@@ -61,13 +60,6 @@ def judged_by_query(qrels: Sequence) -> dict[str, dict[str, int]]:
     return out
 
 
-def _agent_digest(agent) -> str:
-    """sha256 of an agent's weights, byte for byte."""
-    digest = hashlib.sha256()
-    hash_tensors(digest, agent.state_dict().items())
-    return digest.hexdigest()[:16]
-
-
 def claim_records(
     target: Target,
     requests: Sequence,
@@ -83,7 +75,7 @@ def claim_records(
     settings are read back instead of recomputed: a killed run resumes.
     """
     # Weights, not names, key the records: a retrained agent or snapshot under the same name recomputes.
-    agent_weights = _agent_digest(resolve_agent(agent, target, len(requests[0].candidates))) if requests else None
+    agent_weights = agent_digest(resolve_agent(agent, target, len(requests[0].candidates))) if requests else None
     key = {"target": target_fingerprint(target), "prompt": [prompt.template, prompt.max_passage_words],
            "budgets": list(budgets), "agent": [agent, agent_weights], "methods": list(REPORT_METHODS)}  # fmt: skip
     done: dict[str, dict] = {}

@@ -10,6 +10,7 @@ makes it.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from rsd_rerank.targets import Target, cache_dir, weights_fingerprint
 __all__ = [
     "MEDUSA_TREE",
     "Heads",
+    "companion_digest",
     "companion_dir",
     "heads_widths",
     "load_heads",
@@ -73,6 +75,25 @@ def companion_dir(target: Target, method: str) -> Path:
     """The default directory of a method's heads or fine-tuned ranker for ``target``."""
     kind = RANKER_OF.get(method, method)
     return cache_dir() / "baselines" / re.sub(r"[^A-Za-z0-9_.-]+", "-", target.name).strip("-") / kind
+
+
+def companion_digest(path: str | os.PathLike | None, target: Target, method: str) -> str:
+    """sha256 over the bytes of every file of a method's heads or ranker (``path``, or the default
+    directory): what keys a benchmark's records of it, since a companion made again keeps its folder.
+
+    Raises:
+        ValueError: no such directory (the message names the command that makes it).
+    """
+    directory = Path(path) if path is not None else companion_dir(target, method)
+    if not directory.is_dir():
+        raise ValueError(
+            f"{method} needs a companion at {directory}; none there (make it with {_made_by(target, method)})"
+        )
+    digest = hashlib.sha256()
+    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(directory)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _made_by(target: Target, method: str) -> str:

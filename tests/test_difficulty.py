@@ -90,3 +90,40 @@ def test_a_lora_folder_over_another_base_is_refused(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "meta-llama/Llama-3.2-3B"}))
     with pytest.raises(ValueError, match="a LoRA adapter over 'meta-llama/Llama-3.2-3B'"):
         load_target(str(tmp_path))
+
+
+def test_the_fidelity_benchmark_resumes_by_weights_not_names(tiny_llama, train_requests, tmp_path, monkeypatch):
+    """``benchmarks/fidelity.py`` reads back a claim it has on record, and measures again when an agent under
+    the same name has other weights (a stale record would report the old agent's fidelity as the new one's)."""
+    import importlib.util
+    from pathlib import Path
+
+    import rsd_rerank.agent.store as store
+
+    path = Path(__file__).parents[1] / "benchmarks" / "fidelity.py"
+    spec = importlib.util.spec_from_file_location("fidelity_benchmark", path)
+    fidelity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fidelity)
+    out = tmp_path / "f"
+    args = ["--requests", str(train_requests), "--queries", "2", "--budgets", "1,5", "--max-passage-words", "20",
+            "--agent", "rsd=universal", "--baselines", "pdm,rsd-drafts", "--out", str(out)]  # fmt: skip
+    assert fidelity.main(args, target=tiny_llama) == 0
+    first = json.loads((tmp_path / "f.json").read_text())
+    assert {(r["method"], r["T"]) for r in first["rows"]} >= {("rsd", 5), ("rsd-drafts", 5), ("pdm", 1)}
+    runs = []
+    real_run = fidelity.decoding_run
+    monkeypatch.setattr(fidelity, "decoding_run", lambda *a: runs.append(a) or real_run(*a))
+    assert fidelity.main(args, target=tiny_llama) == 0  # every claim read back
+    assert runs == [] and json.loads((tmp_path / "f.json").read_text()) == first
+    real_resolve = store.resolve_agent
+
+    def retrained(*a, **k):
+        agent = real_resolve(*a, **k)
+        with torch.no_grad():
+            next(agent.parameters()).add_(0.5)
+        return agent
+
+    monkeypatch.setattr(fidelity, "resolve_agent", retrained)
+    assert fidelity.main(args, target=tiny_llama) == 0
+    assert len(runs) == 2 * 3 * 3  # 2 claims x (gsd, consensus, rsd) x T in (0, 1, 5)
+    assert len((tmp_path / "f.claims.jsonl").read_text().splitlines()) == 4

@@ -3,7 +3,7 @@
 
 from rsd_rerank.agent.networks import FEATURES, K_TIED, NETWORKS, Agent, AgentConfig, item_features
 from rsd_rerank.agent.policy import AgentProposer, exploration_report, free_slots_from, gumbel_perturbed, pl_log_prob
-from rsd_rerank.agent.store import BUNDLED, default_agent, load_agent, resolve_agent, save_agent
+from rsd_rerank.agent.store import BUNDLED, agent_digest, default_agent, load_agent, resolve_agent, save_agent
 
 __all__ = [
     "FEATURES",
@@ -13,6 +13,7 @@ __all__ = [
     "Agent",
     "AgentConfig",
     "AgentProposer",
+    "agent_digest",
     "default_agent",
     "exploration_report",
     "free_slots_from",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -12,9 +13,9 @@ from typing import Any
 
 from rsd_rerank.agent.networks import K_TIED, Agent, AgentConfig
 from rsd_rerank.files import atomic_write, replacing
-from rsd_rerank.targets import tokenizer_fingerprint
+from rsd_rerank.targets import hash_tensors, tokenizer_fingerprint
 
-__all__ = ["BUNDLED", "load_agent", "resolve_agent", "save_agent"]
+__all__ = ["BUNDLED", "agent_digest", "load_agent", "resolve_agent", "save_agent"]
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +167,11 @@ def _warn_universal(target: str) -> None:
         target,
         UNIVERSAL,
     )
+
+
+def agent_digest(agent: Agent) -> str:
+    """sha256 of an agent's weights, byte for byte: what keys a benchmark's records of it, since a
+    retrained agent keeps its name."""
+    digest = hashlib.sha256()
+    hash_tensors(digest, agent.state_dict().items())
+    return digest.hexdigest()[:16]
