@@ -144,11 +144,12 @@ DEFAULT_AGENT = {
 README's agents table gives the command behind each, and ``--agent NAME`` picks any other)."""
 
 UNIVERSAL = "universal"
-"""The bundled agent for every other target: equivariant with Jacobi features, trained across five
-targets (random Llamas of three seeds and two inits, SmolLM2, smollm2-reranker). It reads item
-log-probabilities and slots, never a token, so it loads on any tokenizer and identifier scheme
-(``benchmarks/results/universal.md``: its fidelity on targets it never saw). It trails GSD on a target
-that writes near identifier order (SmolLM2: RSD@5 0.834 against 0.985), hence the warning's advice."""
+"""The bundled agent for every other target: equivariant with Jacobi features, trained across six
+targets in three families (random Llamas of three seeds and two inits; SmolLM2 with letters and with
+numbers; smollm2-reranker). It reads item log-probabilities and slots, never a token, so it loads on any
+tokenizer and identifier scheme (``benchmarks/results/universal.md``: its fidelity on targets it never
+saw). Alone it trails GSD on a target that writes near identifier order (SmolLM2: RSD@5 0.959 against
+0.985, ``fidelity-smollm2-universal.md``), hence ``rsd-drafts``, which verifies GSD's draft beside it."""
 
 
 def default_agent(target: str) -> str:
