@@ -1,12 +1,20 @@
 """Which drafter should order the tail rsd-drafts leaves unverified? (issue #32, a probe, not a benchmark.)
 
-Variants of the lead rule of rsd_rerank.decoding.draft_rounds, patched into a copy of the module: "record" (the
-rule shipped: most verified slots so far), "agent-on-tie", "agent-always" (the agent leads every round),
-"matches" (a drafter scores every slot equal to the target's greedy choice, not only the verified prefix);
-beside plain rsd. 20 SciFact test claims (data/scifact/test20.top20.jsonl), bf16, KT to the greedy ranking:
+Variants of the lead rule of rsd_rerank.decoding.draft_rounds, patched into a copy of the module:
+- "record": the rule shipped (most verified slots so far); "agent-on-tie"; "agent-always" (the agent leads
+  every round); "matches" (a drafter scores every slot equal to the target's greedy choice, not only the
+  verified prefix);
+- "retro": every drafter is re-asked what it would have drafted from every earlier round's state, now that
+  more of the ranking is verified, and scored by its pair errors against the verified prefix (for each
+  verified item, the unplaced items it put ahead); the fewest leads. "last": the same, latest state only.
+Beside plain rsd and gsd; bf16, KT to the greedy ranking, mean over the first 20 requests of REQUESTS
+(default: the 20 test claims of data/scifact/test20.top20.jsonl):
 
     .venv/bin/python scripts/drafts_lead_probe.py smollm2-reranker 30            # its own agent
     .venv/bin/python scripts/drafts_lead_probe.py smollm2 40 universal
+    # held-out *training* claims (3.5 and 4 minutes on 2 cores):
+    .venv/bin/python scripts/drafts_lead_probe.py smollm2 40 universal data/scifact/train-val.top20.jsonl record,retro,last
+    .venv/bin/python scripts/drafts_lead_probe.py smollm2-reranker 30 - data/scifact/train-val.top20.jsonl record,retro,last
 """
 
 import json
@@ -20,44 +28,79 @@ from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import load_target
 
-model, words, agent = sys.argv[1], int(sys.argv[2]), (sys.argv[3] if len(sys.argv) > 3 else None)
-target = load_target(model, dtype="bfloat16")
-requests = read_requests("data/scifact/test20.top20.jsonl")[:20]
-src = open(dec.__file__).read()
-variants = {
-    "record": None,
-    "agent-on-tie": "lead = max(range(len(drafters)), key=lambda d: (record[d], d == 0))",
-    "agent-always": "lead = 0",
-    "matches": None,
+model, words = sys.argv[1], int(sys.argv[2])
+agent = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] != "-" else None
+requests_file = sys.argv[4] if len(sys.argv) > 4 else "data/scifact/test20.top20.jsonl"
+chosen = sys.argv[5].split(",") if len(sys.argv) > 5 else ["record", "agent-on-tie", "agent-always", "matches"]
+
+LEAD = "lead = max(range(len(drafters)), key=lambda d: (record[d], d == lead))"
+RECORD = "record[d] += int(v.accepted[row])"
+KEPT = "        order = [lead, *(d for d in range(len(drafters)) if d != lead)]\n"
+INIT = "    record = [0] * len(drafters)  # verified slots per drafter, summed over rounds\n"
+
+
+def retro(states: str) -> list[tuple[str, str]]:
+    """Lead by pair errors of every drafter's proposal from ``states`` (``past`` or ``past[-1:]``)."""
+    judge = (
+        "        a_ = int(v.accepted[best])\n"
+        "        known_ = sigma[best, :a_].tolist() + [int(v.greedy[best, a_])]\n"
+        "        errs_ = [0] * len(drafters)\n"
+        f"        for kept_s, state_s in {states}:\n"
+        "            for d in range(len(drafters)):\n"
+        "                prop = next_ranking(kept_s.rankings, kept_s, drafters[d].scores(state_s))[0].tolist()\n"
+        "                errs_[d] += pair_errors(prop, known_)\n"
+        "        if past:\n"
+        "            lead = min(range(len(drafters)), key=lambda d: (errs_[d], d != lead))\n"
+        "        past.append((kept, state))\n"
+    )
+    return [(INIT, INIT + "    past = []\n"), (LEAD, "pass"), (KEPT, judge + KEPT)]
+
+
+def pair_errors(prop: list[int], known: list[int]) -> int:
+    slot = {x: i for i, x in enumerate(prop)}
+    err, placed = 0, set()
+    for q in known:
+        placed.add(q)
+        err += sum(1 for x, s in slot.items() if s < slot[q] and x not in placed)
+    return err
+
+
+VARIANTS = {
+    "record": [],
+    "agent-on-tie": [(LEAD, "lead = max(range(len(drafters)), key=lambda d: (record[d], d == 0))")],
+    "agent-always": [(LEAD, "lead = 0")],
+    "matches": [(RECORD, "record[d] += int((sigma[row] == v.greedy[row]).sum())")],
+    "retro": retro("past"),
+    "last": retro("past[-1:]"),
 }
-orig = "lead = max(range(len(drafters)), key=lambda d: (record[d], d == lead))"
-assert orig in src
+src = open(dec.__file__).read()
 fns = {}
-for name, line in variants.items():
-    code = src if line is None else src.replace(orig, line)
-    if name == "matches":
-        code = src.replace("record[d] += int(v.accepted[row])", "record[d] += int((sigma[row] == v.greedy[row]).sum())")
-        assert code != src
-    ns = {}
+for name in chosen:
+    code = src
+    for old, new in VARIANTS[name]:
+        assert old in code, (name, old)
+        code = code.replace(old, new)
+    ns = {"pair_errors": pair_errors}
     exec(compile(code, dec.__file__, "exec"), ns)
     fns[name] = ns["draft_rounds"]
-out = {}
-cache = {}
+
+target = load_target(model, dtype="bfloat16")
+requests = read_requests(requests_file)[:20]
+out, cache = {}, {}
 for t in (3, 5):
-    for name, fn in [("rsd", None), *fns.items()]:
+    for name, fn in [("gsd", None), ("rsd", None), *fns.items()]:
         kts = []
         for r in requests:
             s = TargetSession.from_request(target, r, PromptConfig(max_passage_words=words))
             qid = str(r.query.qid)
             if qid not in cache:
                 cache[qid] = method_run(s, DecodingConfig("greedy"))["ranking"]
-            greedy = cache[qid]
             if fn is None:
-                cfg = decoding_with("rsd", t, agent)
+                cfg = decoding_with(name, t, agent if name == "rsd" else None)
             else:
                 dec.draft_rounds = fn
                 cfg = decoding_with("rsd-drafts", t, agent)
-            kts.append(_kt(method_run(s, cfg)["ranking"], greedy))
+            kts.append(_kt(method_run(s, cfg)["ranking"], cache[qid]))
         out[f"{name}@{t}"] = sum(kts) / len(kts)
         print(name, t, round(out[f"{name}@{t}"], 3), flush=True)
 print(json.dumps(out))
