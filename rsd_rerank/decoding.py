@@ -38,6 +38,7 @@ __all__ = [
     "heads_order",
     "initial_ranking",
     "next_ranking",
+    "row_agreement",
     "run_loops",
     "traced",
     "tree_decode",
@@ -138,29 +139,67 @@ def rounds(first_slot: torch.Tensor, k: int, proposer: Proposer, budget: int, tr
     return sigma, accepted_rounds, steps
 
 
+POOLING_AGREEMENT = 0.42
+"""Row agreement (``row_agreement``) at or above which the drafter that pools every row seen (the agent)
+orders the unverified tail; below it, the drafter that reads only the row of the true prefix (GSD). Where
+a target's rows rank the free items alike whatever the prefix, pooling them averages out noise; where they
+depend on the prefix, rows under a rejected prefix mislead and only the latest true one is worth reading.
+Set on 20 held-out *training* claims (``scripts/drafts_lead_probe.py``): per claim, SmolLM2's agreement
+was 0.13–0.38 (GSD's tail the better) and ``smollm2-reranker``'s 0.47–0.69 (the agent's)."""
+
+
+def row_agreement(rankings: torch.Tensor, matrices: torch.Tensor) -> tuple[float, int]:
+    """Sum and count of Kendall tau-a between two drafts' rows at the same slot, over the items neither has
+    placed, at every slot where their prefixes differ and three or more items are free: the pairs of
+    ``rankings`` [B, K] of one pass and their ``matrices`` [B, K, K]. High when the target's next-item
+    preference does not depend on what it has already written."""
+    b, k = rankings.shape
+    slot_of = torch.argsort(rankings, dim=1)  # [B, K] each item's slot
+    slots = torch.arange(k, device=rankings.device)
+    total, count = rankings.new_zeros((), dtype=torch.float), 0
+    for b1 in range(b):
+        for b2 in range(b1 + 1, b):
+            # differs[j]: the prefixes before slot j differ; free[j, i]: item i is placed by neither before j
+            differs = torch.cat([torch.zeros(1, dtype=torch.bool, device=rankings.device),
+                                 (rankings[b1] != rankings[b2]).cumsum(0)[:-1] > 0])  # fmt: skip
+            free = (slot_of[b1][None, :] >= slots[:, None]) & (slot_of[b2][None, :] >= slots[:, None])
+            n = free.sum(1)
+            used = differs & (n >= 3)
+            pairs = free[:, :, None] & free[:, None, :]
+            r1, r2 = matrices[b1].float(), matrices[b2].float()
+            concord = torch.sign(r1[:, :, None] - r1[:, None, :]) * torch.sign(r2[:, :, None] - r2[:, None, :])
+            tau = (concord * pairs).sum((1, 2)) / (n * (n - 1)).clamp(min=1)
+            total = total + tau[used].sum()
+            count += int(used.sum())
+    return float(total), count
+
+
 def draft_rounds(first_slot: torch.Tensor, k: int, drafters: Sequence[Proposer], budget: int) -> Loop:
     """Eq. 1 with several drafts a pass, as a coroutine for one query: after σ_0, every pass verifies
     the tail as each of ``drafters`` orders it (distinct drafts only) in one batched forward; the draft
     with the longest verified prefix is kept (its bonus with it), and every draft's rows join the
     state the drafters read next, the kept one last (so that the rejected row and the latest matrix
-    are its own). The drafter with the best record (the most verified slots over the rounds so far;
-    on a tie the one leading already) leads: its next draft comes first, so that it is kept on a tie,
-    and it is the ranking returned when the budget ends (the tail no pass verified is ordered by the
-    drafter that has been right most often on this query). Returns the kept σ [1, K], the kept i* per
-    round and one step per round."""
+    are its own).
+
+    ``drafters[0]`` pools every row seen (the agent) and ``drafters[1]`` reads the latest true row
+    (GSD). Which of them leads follows the target's rows: once two different drafts have been verified,
+    the agent leads while their rows agree (mean ``row_agreement`` ≥ ``POOLING_AGREEMENT``) and GSD
+    leads otherwise. The lead's draft comes first, so that it is kept on a tie, and it is the ranking
+    returned when the budget ends: the tail no pass verified is ordered by the drafter whose reading
+    of the rows suits this target. Returns the kept σ [1, K], the kept i* per round and one step per
+    round."""
     sigma = initial_ranking(first_slot)[None]
-    owners: list[list[int]] = [list(range(len(drafters)))]  # the drafters behind each row of σ
     lead = 0
-    record = [0] * len(drafters)  # verified slots per drafter, summed over rounds
+    agreement, compared = 0.0, 0  # row_agreement summed over the passes so far
     accepted_rounds: list[list[int]] = []
     rankings, matrices, accepted, steps = [], [], [], []
     for _ in range(budget):
         v = yield sigma
         best = int(torch.argmax(v.accepted))  # the first of the longest: the lead's on a tie
-        for row, drafted_by in enumerate(owners):
-            for d in drafted_by:
-                record[d] += int(v.accepted[row])
-        lead = max(range(len(drafters)), key=lambda d: (record[d], d == lead))
+        total, count = row_agreement(sigma, v.matrices)
+        agreement, compared = agreement + total, compared + count
+        if compared and len(drafters) > 1:
+            lead = 0 if agreement / compared >= POOLING_AGREEMENT else 1
         accepted_rounds.append([int(v.accepted[best])])
         if int(v.accepted[best]) >= k:
             sigma = sigma[best : best + 1]
@@ -175,14 +214,11 @@ def draft_rounds(first_slot: torch.Tensor, k: int, drafters: Sequence[Proposer],
         )
         order = [lead, *(d for d in range(len(drafters)) if d != lead)]
         drafts = torch.cat([next_ranking(kept.rankings, kept, drafters[d].scores(state)) for d in order])
-        rows: dict[tuple[int, ...], int] = {}  # drafts that agree are verified once
-        owners, keep = [], []
-        for i, row in enumerate(drafts.tolist()):
-            if tuple(row) not in rows:
-                rows[tuple(row)] = len(keep)
+        keep, seen = [], set()  # drafts that agree are verified once, the lead's first
+        for i, row in enumerate(map(tuple, drafts.tolist())):
+            if row not in seen:
+                seen.add(row)
                 keep.append(i)
-                owners.append([])
-            owners[rows[tuple(row)]].append(order[i])
         sigma = drafts[keep]
         steps.append(Step(state, sigma[:1]))
     return sigma[:1], accepted_rounds, steps

@@ -1,23 +1,27 @@
 """Which drafter should order the tail rsd-drafts leaves unverified? (issue #32, a probe, not a benchmark.)
 
-Variants of the lead rule of rsd_rerank.decoding.draft_rounds, patched into a copy of the module:
-- "record": the rule shipped (most verified slots so far); "agent-on-tie"; "agent-always" (the agent leads
+Variants of the lead rule of rsd_rerank.decoding.draft_rounds, patched into a copy of the module as it was
+at commit 9b1bc4d (the record rule):
+- "record": the rule shipped until then (most verified slots so far); "agent-on-tie"; "agent-always" (the agent leads
   every round); "matches" (a drafter scores every slot equal to the target's greedy choice, not only the
   verified prefix);
 - "retro": every drafter is re-asked what it would have drafted from every earlier round's state, now that
   more of the ranking is verified, and scored by its pair errors against the verified prefix (for each
-  verified item, the unplaced items it put ahead); the fewest leads. "last": the same, latest state only.
+  verified item, the unplaced items it put ahead); the fewest leads. "last": the same, latest state only;
+- "agreement": the agent leads while two drafts' rows at the same slot rank the free items alike (mean Kendall
+  tau >= TAU), GSD otherwise: the rule shipped since (rsd_rerank.decoding.row_agreement, POOLING_AGREEMENT).
 Beside plain rsd and gsd; bf16, KT to the greedy ranking, mean over the first 20 requests of REQUESTS
 (default: the 20 test claims of data/scifact/test20.top20.jsonl):
 
     .venv/bin/python scripts/drafts_lead_probe.py smollm2-reranker 30            # its own agent
     .venv/bin/python scripts/drafts_lead_probe.py smollm2 40 universal
     # held-out *training* claims (3.5 and 4 minutes on 2 cores):
-    .venv/bin/python scripts/drafts_lead_probe.py smollm2 40 universal data/scifact/train-val.top20.jsonl record,retro,last
-    .venv/bin/python scripts/drafts_lead_probe.py smollm2-reranker 30 - data/scifact/train-val.top20.jsonl record,retro,last
+    .venv/bin/python scripts/drafts_lead_probe.py smollm2 40 universal data/scifact/train-val.top20.jsonl record,retro,last,agreement
+    .venv/bin/python scripts/drafts_lead_probe.py smollm2-reranker 30 - data/scifact/train-val.top20.jsonl record,retro,last,agreement
 """
 
 import json
+import subprocess
 import sys
 
 import rsd_rerank.decoding as dec
@@ -65,6 +69,42 @@ def pair_errors(prop: list[int], known: list[int]) -> int:
     return err
 
 
+def row_agreement(sigma, matrices):
+    """Sum and count of Kendall tau-a between two drafts' rows at the same slot, over the items neither has
+    placed, at every slot where their prefixes differ: do the target's rows depend on what came before?"""
+    import torch
+
+    b, k = sigma.shape
+    slot_of = torch.argsort(sigma, dim=1)  # [B, K]
+    total, count = 0.0, 0
+    for b1 in range(b):
+        for b2 in range(b1 + 1, b):
+            for j in range(1, k - 2):
+                if torch.equal(sigma[b1, :j], sigma[b2, :j]):
+                    continue
+                free = (slot_of[b1] >= j) & (slot_of[b2] >= j)
+                if int(free.sum()) < 3:
+                    continue
+                r1, r2 = matrices[b1, j][free].float(), matrices[b2, j][free].float()
+                s1 = torch.sign(r1[:, None] - r1[None, :])
+                s2 = torch.sign(r2[:, None] - r2[None, :])
+                n = r1.numel()
+                total += float((s1 * s2).sum()) / (n * (n - 1))
+                count += 1
+    return total, count
+
+
+AGREE = (
+    "        agree_ = row_agreement(sigma, v.matrices)\n"
+    "        agreement[0] += agree_[0]\n"
+    "        agreement[1] += agree_[1]\n"
+)
+AGREEMENT = [
+    (INIT, INIT + "    agreement = [0.0, 0]\n"),
+    ("        best = int(torch.argmax(v.accepted))", AGREE + "        best = int(torch.argmax(v.accepted))"),
+    (LEAD, "lead = lead if agreement[1] == 0 else (0 if agreement[0] / agreement[1] >= TAU else 1)"),
+]
+
 VARIANTS = {
     "record": [],
     "agent-on-tie": [(LEAD, "lead = max(range(len(drafters)), key=lambda d: (record[d], d == 0))")],
@@ -72,15 +112,22 @@ VARIANTS = {
     "matches": [(RECORD, "record[d] += int((sigma[row] == v.greedy[row]).sum())")],
     "retro": retro("past"),
     "last": retro("past[-1:]"),
+    "agreement": AGREEMENT,
 }
-src = open(dec.__file__).read()
+TAU = 0.42
+# The variants patch draft_rounds as it was with the record rule (before the rows decided the lead); run
+# from a git checkout. "agreement" there is the rule rsd_rerank.decoding ships now.
+RECORD_RULE = "9b1bc4d"
+src = subprocess.run(
+    ["git", "show", f"{RECORD_RULE}:rsd_rerank/decoding.py"], capture_output=True, text=True, check=True
+).stdout
 fns = {}
 for name in chosen:
     code = src
     for old, new in VARIANTS[name]:
         assert old in code, (name, old)
         code = code.replace(old, new)
-    ns = {"pair_errors": pair_errors}
+    ns = {"pair_errors": pair_errors, "row_agreement": row_agreement, "TAU": TAU}
     exec(compile(code, dec.__file__, "exec"), ns)
     fns[name] = ns["draft_rounds"]
 

@@ -162,11 +162,11 @@ MUTANTS += (
         (DRAFTS,),
     ),
     Mutant(
-        "drafts-lead-by-the-last-round",
+        "drafts-lead-ignores-the-rows",
         "rsd_rerank/decoding.py",
-        "        lead = max(range(len(drafters)), key=lambda d: (record[d], d == lead))\n",
-        "        lead = lead if lead in owners[best] else owners[best][0]\n",
-        ("tests/test_drafts.py::test_the_drafter_right_most_often_orders_the_unverified_tail",),
+        "            lead = 0 if agreement / compared >= POOLING_AGREEMENT else 1\n",
+        "            lead = 0\n",
+        ("tests/test_drafts.py::test_the_rows_decide_which_drafter_orders_the_unverified_tail",),
     ),
 )
 

@@ -98,32 +98,35 @@ class _Fixed:
         return self.fixed
 
 
-def test_the_drafter_right_most_often_orders_the_unverified_tail():
-    """The tail no pass verified is ordered by the drafter with the most verified slots over the rounds,
-    not by whichever was kept last: one lucky round of the agent must not hand it a target's tail that
-    GSD has been predicting all along."""
+def test_the_rows_decide_which_drafter_orders_the_unverified_tail():
+    """The tail no pass verified is ordered by the drafter that pools every row (drafters[0], the agent)
+    when the target's rows rank the free items alike under different prefixes, and by the drafter of the
+    latest true row (drafters[1], GSD) when they do not: SmolLM2's rows depend on the prefix and GSD's tail
+    is the better there; a letter habit's do not and the agent's is."""
     import torch
 
-    from rsd_rerank.decoding import draft_rounds
+    from rsd_rerank.decoding import draft_rounds, row_agreement
     from rsd_rerank.session import Verification
 
     k = 10
-    low_first, high_first = _Fixed(list(range(k, 0, -1))), _Fixed(list(range(1, k + 1)))
-    loop = draft_rounds(torch.arange(k, 0, -1, dtype=torch.float), k, [low_first, high_first], budget=3)
+    base = torch.randn(k)
 
-    def verified(sigma, accepted):
-        n = sigma.shape[0]
-        return Verification(sigma, torch.randn(n, k, k), sigma.clone(), torch.tensor(accepted))
+    def tail_after(sign: float) -> list[int]:
+        pooling, latest = _Fixed(list(range(k, 0, -1))), _Fixed(list(range(1, k + 1)))
+        loop = draft_rounds(torch.arange(k, 0, -1, dtype=torch.float), k, [pooling, latest], budget=2)
+        sigma = loop.send(None)
+        rows = base.expand(1, k, k).clone()
+        sigma = loop.send(Verification(sigma, rows, sigma.clone(), torch.tensor([1])))
+        assert sigma.shape[0] == 2  # the two drafts differ after the bonus
+        rows = torch.stack([base.expand(k, k), sign * base.expand(k, k)])  # the second draft's rows: alike or reversed
+        total, compared = row_agreement(sigma, rows)  # slots where the prefixes differ and 3+ items are free in both
+        assert compared == 2 and total == pytest.approx(sign * compared)  # tau +1 (alike) or -1 (reversed) at each
+        with pytest.raises(StopIteration) as done:
+            loop.send(Verification(sigma, rows, sigma.clone(), torch.tensor([2, 2])))
+        final, accepted, _ = done.value.value
+        assert accepted == [[1], [2]]
+        return final[0, 3:].tolist()
 
-    sigma = loop.send(None)
-    sigma = loop.send(verified(sigma, [1]))  # both drafted σ_0: one slot each
-    assert sigma.shape[0] == 2  # low_first's draft first (it leads), then high_first's
-    sigma = loop.send(verified(sigma, [2, 4]))  # high_first verifies further and leads: 5 slots to 3
-    kept_last = sigma[1]  # its draft now comes first; low_first's is row 1
-    with pytest.raises(StopIteration) as done:
-        loop.send(verified(sigma, [3, 4]))  # low_first's draft is kept this round (4 > 3), 7 slots to 8
-    final, accepted, _ = done.value.value
-    assert accepted == [[1], [4], [4]]
-    assert final[0, :4].tolist() == kept_last[:4].tolist()  # the kept draft's verified prefix
-    tail = final[0, 5:].tolist()
-    assert tail == sorted(tail, reverse=True)  # ordered by high_first, the better record, not low_first
+    alike, reversed_ = tail_after(1.0), tail_after(-1.0)
+    assert alike == sorted(alike)  # the pooling drafter's order
+    assert reversed_ == sorted(reversed_, reverse=True)  # the latest row's drafter's order
