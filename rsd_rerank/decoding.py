@@ -144,8 +144,8 @@ POOLING_AGREEMENT = 0.42
 orders the unverified tail; below it, the drafter that reads only the row of the true prefix (GSD). Where
 a target's rows rank the free items alike whatever the prefix, pooling them averages out noise; where they
 depend on the prefix, rows under a rejected prefix mislead and only the latest true one is worth reading.
-Set on 20 held-out *training* claims (``scripts/drafts_lead_probe.py``): per claim, SmolLM2's agreement
-was 0.13–0.38 (GSD's tail the better) and ``smollm2-reranker``'s 0.47–0.69 (the agent's)."""
+Set on 20 held-out *training* claims of SmolLM2 (GSD's tail the better; low agreement) and
+``smollm2-reranker`` (the agent's; higher), ``scripts/drafts_lead_probe.py``."""
 
 
 def row_agreement(rankings: torch.Tensor, matrices: torch.Tensor) -> tuple[float, int]:
