@@ -20,9 +20,9 @@ Beside plain rsd and gsd; bf16, KT to the greedy ranking, mean over the first 20
     .venv/bin/python scripts/drafts_lead_probe.py smollm2-reranker 30 - data/scifact/train-val.top20.jsonl record,retro,last,agreement
 """
 
+import argparse
 import json
 import subprocess
-import sys
 
 import rsd_rerank.decoding as dec
 from rsd_rerank.difficulty import _kt, method_run
@@ -32,10 +32,16 @@ from rsd_rerank.runs import read_requests
 from rsd_rerank.session import TargetSession
 from rsd_rerank.targets import load_target
 
-model, words = sys.argv[1], int(sys.argv[2])
-agent = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] != "-" else None
-requests_file = sys.argv[4] if len(sys.argv) > 4 else "data/scifact/test20.top20.jsonl"
-chosen = sys.argv[5].split(",") if len(sys.argv) > 5 else ["record", "agent-on-tie", "agent-always", "matches"]
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("model")
+parser.add_argument("words", type=int, help="passages cut to this many words")
+parser.add_argument("agent", nargs="?", default="-", help="the agent's name or folder (-: the target's own)")
+parser.add_argument("requests", nargs="?", default="data/scifact/test20.top20.jsonl")
+parser.add_argument("variants", nargs="?", default="record,agent-on-tie,agent-always,matches")
+args = parser.parse_args()
+model, words, requests_file = args.model, args.words, args.requests
+agent = None if args.agent == "-" else args.agent
+chosen = args.variants.split(",")
 
 LEAD = "lead = max(range(len(drafters)), key=lambda d: (record[d], d == lead))"
 RECORD = "record[d] += int(v.accepted[row])"
