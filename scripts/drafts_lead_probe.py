@@ -25,6 +25,7 @@ import json
 import subprocess
 
 import rsd_rerank.decoding as dec
+from rsd_rerank.decoding import POOLING_AGREEMENT, row_agreement
 from rsd_rerank.difficulty import _kt, method_run
 from rsd_rerank.methods import DecodingConfig, decoding_with
 from rsd_rerank.prompt import PromptConfig
@@ -75,31 +76,6 @@ def pair_errors(prop: list[int], known: list[int]) -> int:
     return err
 
 
-def row_agreement(sigma, matrices):
-    """Sum and count of Kendall tau-a between two drafts' rows at the same slot, over the items neither has
-    placed, at every slot where their prefixes differ: do the target's rows depend on what came before?"""
-    import torch
-
-    b, k = sigma.shape
-    slot_of = torch.argsort(sigma, dim=1)  # [B, K]
-    total, count = 0.0, 0
-    for b1 in range(b):
-        for b2 in range(b1 + 1, b):
-            for j in range(1, k - 2):
-                if torch.equal(sigma[b1, :j], sigma[b2, :j]):
-                    continue
-                free = (slot_of[b1] >= j) & (slot_of[b2] >= j)
-                if int(free.sum()) < 3:
-                    continue
-                r1, r2 = matrices[b1, j][free].float(), matrices[b2, j][free].float()
-                s1 = torch.sign(r1[:, None] - r1[None, :])
-                s2 = torch.sign(r2[:, None] - r2[None, :])
-                n = r1.numel()
-                total += float((s1 * s2).sum()) / (n * (n - 1))
-                count += 1
-    return total, count
-
-
 AGREE = (
     "        agree_ = row_agreement(sigma, v.matrices)\n"
     "        agreement[0] += agree_[0]\n"
@@ -120,7 +96,7 @@ VARIANTS = {
     "last": retro("past[-1:]"),
     "agreement": AGREEMENT,
 }
-TAU = 0.42
+TAU = POOLING_AGREEMENT
 # The variants patch draft_rounds as it was with the record rule (before the rows decided the lead); run
 # from a git checkout. "agreement" there is the rule rsd_rerank.decoding ships now.
 RECORD_RULE = "9b1bc4d"
